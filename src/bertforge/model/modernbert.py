@@ -1,0 +1,118 @@
+"""ModernBERT encoder and its masked-language-model head, run on an unpadded token stream."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bertforge.model.config import ModernBertConfig
+from bertforge.model.init import init_weights
+from bertforge.model.layers import Embeddings, EncoderLayer, PredictionHead, layer_norm
+from bertforge.model.layout import make_layout
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class MaskedLMOutput:
+    loss: torch.Tensor | None
+    """Mean cross-entropy over positions whose label is not -100; None without labels."""
+    logits: torch.Tensor
+    """Padded input: (batch, length, vocab), zeros at padding. Packed input: (tokens, vocab), or with labels
+    only the (predicted positions, vocab) rows, in stream order (sparse prediction)."""
+    num_predictions: int | torch.Tensor | None = None
+    """How many positions the loss averages over."""
+
+
+class ModernBertModel(nn.Module):
+    def __init__(self, config: ModernBertConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(EncoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.final_norm = layer_norm(config)
+
+    def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int | None = None
+                ) -> torch.Tensor:
+        """(tokens,) ids packed by ``cu_seqlens`` -> (tokens, hidden) final hidden states."""
+        layout = make_layout(cu_seqlens, max_seqlen, self.config.head_dim)
+        x = self.embeddings(input_ids)
+        for layer in self.layers:
+            x = layer(x, layout)
+        return self.final_norm(x)
+
+
+class ModernBertForMaskedLM(nn.Module):
+    """A plain ``nn.Module``; the decoder weight is the token embedding (tied), as in ModernBERT."""
+
+    def __init__(self, config: ModernBertConfig, *, init: bool = True):
+        super().__init__()
+        self.config = config
+        self.model = ModernBertModel(config)
+        self.head = PredictionHead(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
+        self.decoder.weight = self.model.embeddings.tok_embeddings.weight
+        if init:
+            init_weights(self, config)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
+                max_seqlen: int | None = None) -> MaskedLMOutput:
+        """Packed when ``cu_seqlens`` is given (the training path), else HuggingFace-style padded (B, L)."""
+        if cu_seqlens is not None:
+            if input_ids.dim() != 1:
+                raise ValueError(f"packed input_ids must be 1-D (tokens,), got shape {tuple(input_ids.shape)}")
+            return self._forward_packed(input_ids, cu_seqlens, max_seqlen, labels)
+        return self._forward_padded(input_ids, attention_mask, labels)
+
+    def _forward_packed(self, input_ids, cu_seqlens, max_seqlen, labels) -> MaskedLMOutput:
+        hidden = self.model(input_ids, cu_seqlens, max_seqlen)
+        if labels is None:
+            return MaskedLMOutput(loss=None, logits=self.decoder(self.head(hidden)))
+        # Sparse prediction: only the ~30% of positions that carry a label pay for the head and the vocab matmul.
+        keep = labels != IGNORE_INDEX
+        logits = self.decoder(self.head(hidden[keep]))
+        targets = labels[keep]
+        loss = F.cross_entropy(logits.float(), targets) if targets.numel() else logits.sum() * 0.0
+        return MaskedLMOutput(loss=loss, logits=logits, num_predictions=targets.numel())
+
+    def _forward_padded(self, input_ids, attention_mask, labels) -> MaskedLMOutput:
+        batch, length = input_ids.shape
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        mask = attention_mask.bool()
+        lengths = mask.sum(dim=1, dtype=torch.int32)
+        cu_seqlens = F.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
+        flat_ids = input_ids[mask]
+        hidden = self.model(flat_ids, cu_seqlens, int(lengths.max()))
+        flat_logits = self.decoder(self.head(hidden))
+        logits = flat_logits.new_zeros(batch, length, flat_logits.shape[-1])
+        logits[mask] = flat_logits
+        loss, count = None, None
+        if labels is not None:
+            keep = labels.masked_fill(~mask, IGNORE_INDEX) != IGNORE_INDEX
+            count = int(keep.sum())
+            loss = F.cross_entropy(logits[keep].float(), labels[keep]) if count else logits.sum() * 0.0
+        return MaskedLMOutput(loss=loss, logits=logits, num_predictions=count)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **overrides) -> "ModernBertForMaskedLM":
+        """Load a HuggingFace ModernBERT directory (ours or transformers'); overrides set config fields."""
+        from bertforge.model.hf_io import load_pretrained
+
+        return load_pretrained(path, **overrides)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write a directory ``transformers.AutoModelForMaskedLM.from_pretrained`` loads with no key warnings."""
+        from bertforge.model.hf_io import save_pretrained
+
+        save_pretrained(self, path)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Unique parameters, so the tied decoder weight is counted once."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())

@@ -1,0 +1,43 @@
+"""Small builders shared by tests: random HF reference models and padded batches."""
+
+from __future__ import annotations
+
+import torch
+
+
+def hf_reference_model(every: int = 3, heads: int = 4, vocab: int = 1001, hidden: int = 64, layers: int = 4,
+                       window: int = 16, seed: int = 0):
+    """A transformers ModernBertForMaskedLM with every weight random, norms and decoder bias included."""
+    from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+    torch.manual_seed(seed)
+    config = ModernBertConfig(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 3 // 2, num_hidden_layers=layers,
+        num_attention_heads=heads, global_attn_every_n_layers=every, local_attention=window,
+        global_rope_theta=160000.0, local_rope_theta=10000.0, pad_token_id=0, cls_token_id=1, sep_token_id=2,
+        bos_token_id=1, eos_token_id=2, reference_compile=False, attn_implementation="sdpa")
+    model = ModernBertForMaskedLM(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 1:  # LayerNorm weights (otherwise 1) and the decoder bias (otherwise 0)
+                param.normal_(1.0 if "norm" in name else 0.0, 0.2)
+    return model
+
+
+def padded_batch(lengths: list[int], vocab: int, pad_id: int = 0, seed: int = 1):
+    """Right-padded ids and attention mask for sequences of the given lengths, ids avoiding 0..2."""
+    gen = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.randint(3, vocab, (len(lengths), width), generator=gen)
+    mask = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
+    return ids.masked_fill(~mask, pad_id), mask
+
+
+def tiny_config(**overrides):
+    from bertforge.model import ModernBertConfig
+
+    fields = dict(vocab_size=515, hidden_size=64, intermediate_size=96, num_hidden_layers=4, num_attention_heads=4,
+                  global_attn_every_n_layers=3, local_attention=16, pad_token_id=0, cls_token_id=1, sep_token_id=2,
+                  mask_token_id=3, global_rope_theta=160000.0)
+    fields.update(overrides)
+    return ModernBertConfig(**fields)
