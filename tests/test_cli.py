@@ -16,7 +16,8 @@ def run(*args):
 def test_help_lists_subcommands():
     result = run("--help")
     assert result.returncode == 0
-    assert "model" in result.stdout
+    for command in ("model", "prep", "tokenizer"):
+        assert command in result.stdout
 
 
 def test_model_info_reports_the_parameter_count():
@@ -39,3 +40,13 @@ def test_model_init_writes_a_directory_transformers_loads(tmp_path):
     model, info = AutoModelForMaskedLM.from_pretrained(tmp_path / "m", output_loading_info=True)
     assert info["missing_keys"] == [] and info["unexpected_keys"] == []
     assert model.config.num_hidden_layers == 4
+
+
+def test_prep_with_a_missing_input_is_a_clear_error(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("tokenizer: t\nout_dir: o\nsources:\n  - name: web\n    inputs:\n"
+                      "      - {format: jsonl, path: /nowhere/x.jsonl}\n")
+    result = run("prep", str(recipe))
+    assert result.returncode == 2
+    assert "/nowhere/x.jsonl" in result.stderr and "does not exist" in result.stderr
+    assert not (tmp_path / "o").exists()

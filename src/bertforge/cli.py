@@ -25,6 +25,25 @@ def _model_init(args: argparse.Namespace) -> None:
     print(f"wrote a freshly initialised {args.model} model to {args.out}")
 
 
+def _prep(args: argparse.Namespace) -> None:
+    from bertforge.data.prep import prepare, summarize
+    from bertforge.data.recipe import load_recipe
+
+    print(summarize(prepare(load_recipe(args.recipe, args.overrides), progress=not args.no_progress)))
+
+
+def _tokenizer_train(args: argparse.Namespace) -> None:
+    from bertforge.data.recipe import load_recipe
+    from bertforge.data.sources import plan_units, read_unit
+    from bertforge.data.tokenizer import train_tokenizer
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    texts = (text for src in recipe.sources for unit in plan_units(src, recipe.files_per_unit)
+             for text, _ in read_unit(unit) if text)
+    out = train_tokenizer(texts, args.vocab_size, args.out)
+    print(f"wrote tokenizer to {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bertforge", description="Pretrain ModernBERT-style encoders: prepare data, train, export.")
     parser.add_argument("--version", action="version", version=f"bertforge {__version__}")
@@ -42,6 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("overrides", nargs="*", help="key=value overrides of the model config")
     init.add_argument("--seed", type=int, default=17)
     init.set_defaults(func=_model_init)
+
+    prep = commands.add_parser("prep", help="tokenize a recipe's sources into MDS shards")
+    prep.add_argument("recipe", help="data recipe YAML (see data_prep/)")
+    prep.add_argument("overrides", nargs="*", help="key=value overrides of the recipe")
+    prep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    prep.set_defaults(func=_prep)
+
+    tokenizer = commands.add_parser("tokenizer", help="train a tokenizer")
+    tokenizer_commands = tokenizer.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
+    train_tok = tokenizer_commands.add_parser("train", help="train a byte-level BPE on a recipe's sources")
+    train_tok.add_argument("recipe", help="data recipe YAML whose sources are the training text")
+    train_tok.add_argument("overrides", nargs="*", help="key=value overrides of the recipe")
+    train_tok.add_argument("--vocab-size", type=int, required=True, help="target size, padded to a multiple of 64")
+    train_tok.add_argument("--out", required=True, help="output tokenizer directory")
+    train_tok.set_defaults(func=_tokenizer_train)
     return parser
 
 

@@ -1,0 +1,195 @@
+"""The training loader: a StreamingDataset mixture -> best-fit packed, MLM-masked micro-batches, resumable exactly.
+
+Reading and decompressing shards happens in DataLoader workers (``num_workers``); packing and masking happen in
+the training process, because their state (the packer's buffer, the masking RNG, how many documents this rank has
+consumed) must be saved in checkpoints. ``state_dict`` captures all of it, and ``load_state_dict`` makes the next
+iteration continue with exactly the batches an uninterrupted run would have produced, resuming the
+StreamingDataset at its position instead of replaying the stream.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from bertforge.data.masking import mask_tokens, random_token_pool
+from bertforge.data.packing import BestFitPacker, PackedRows
+from bertforge.data.tokenizer import load_tokenizer, special_ids
+from bertforge.schema import ConfigError
+
+
+@dataclass
+class StreamConfig:
+    local: str
+    """Directory of a prepared MDS dataset (the output of `bertforge prep` for one source), or its local cache."""
+    remote: str | None = None
+    """Remote copy (s3://, gs://, ...) streamed into ``local``; None reads ``local`` in place."""
+    proportion: float | None = None
+    """Share of the mixture; give it for every stream or for none."""
+    repeat: float | None = None
+    """Up- or down-sample this stream by this factor instead of a proportion."""
+
+
+@dataclass
+class DataConfig:
+    tokenizer: str
+    """HuggingFace tokenizer name or directory; must be the one the shards were prepared with."""
+    streams: dict[str, StreamConfig] = field(default_factory=dict)
+    """Named sources of the mixture."""
+    max_seq_len: int = 1024
+    """Token slots per packed row."""
+    micro_batch_size: int = 8
+    """Rows per micro-batch."""
+    mask_rate: float = 0.3
+    """Fraction of non-special tokens chosen for MLM prediction."""
+    shuffle: bool = True
+    """Shuffle samples (StreamingDataset's shuffle, seeded)."""
+    seed: int = 17
+    """Seed of the shuffle and of masking."""
+    buffer_docs: int = 2048
+    """Documents the packer holds to choose from; more gives fuller rows."""
+    doc_batch: int = 64
+    """Documents read from the stream at a time (StreamingDataset batch_size)."""
+    num_workers: int = 0
+    """DataLoader workers reading shards."""
+    num_canonical_nodes: int = 0
+    """StreamingDataset's shuffle grain; 0 means streaming's default (64 per node). Keep it fixed across a run's
+    restarts, or the sample order changes."""
+
+    def __post_init__(self) -> None:
+        if not self.streams:
+            raise ConfigError("'streams' is empty; name at least one prepared source")
+        with_proportion = [name for name, s in self.streams.items() if s.proportion is not None]
+        if with_proportion and len(with_proportion) != len(self.streams):
+            missing = sorted(set(self.streams) - set(with_proportion))
+            raise ConfigError(f"give 'proportion' for every stream or for none; missing for: {', '.join(missing)}")
+        if not 0.0 < self.mask_rate < 1.0:
+            raise ConfigError(f"'mask_rate' must be in (0, 1), got {self.mask_rate}")
+        if self.max_seq_len < 8:
+            raise ConfigError(f"'max_seq_len' must be at least 8, got {self.max_seq_len}")
+
+
+@dataclass
+class PackedBatch:
+    input_ids: torch.Tensor
+    """(tokens,) masked inputs, packed: only real tokens, no padding."""
+    labels: torch.Tensor
+    """(tokens,) original ids where a prediction is due, else -100."""
+    cu_seqlens: torch.Tensor
+    """(documents + 1,) int32 offsets."""
+    max_seqlen: int
+    num_tokens: int
+    """Real tokens in the micro-batch."""
+    num_slots: int
+    """rows x max_seq_len: what a padded batch would have cost."""
+
+    def __len__(self) -> int:
+        return self.num_slots
+
+    def to(self, device) -> "PackedBatch":
+        return PackedBatch(self.input_ids.to(device, non_blocking=True), self.labels.to(device, non_blocking=True),
+                           self.cu_seqlens.to(device, non_blocking=True), self.max_seqlen, self.num_tokens,
+                           self.num_slots)
+
+
+def _collate_docs(samples: list[dict]) -> list[np.ndarray]:
+    return [s["tokens"] for s in samples]
+
+
+def _dist_info() -> tuple[int, int]:
+    """Rank and world size as torch.distributed, or else the launcher's environment, has them."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+class PackedMLMLoader:
+    def __init__(self, config: DataConfig, *, vocab_size: int | None = None):
+        from streaming import Stream, StreamingDataset
+
+        self.config = config
+        tokenizer = load_tokenizer(config.tokenizer)
+        ids = special_ids(tokenizer)
+        self.mask_id = ids.mask
+        excluded = set(tokenizer.all_special_ids) | ids.as_set() | {
+            i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+        self.special = np.array(sorted(excluded), dtype=np.int64)
+        self.vocab_size = vocab_size or len(tokenizer)
+        self.pool = random_token_pool(min(self.vocab_size, len(tokenizer)), excluded)
+        self.rank, self.world_size = _dist_info()
+        streams = [Stream(local=s.local, remote=s.remote, proportion=s.proportion, repeat=s.repeat)
+                   for s in config.streams.values()]
+        nodes = max(1, self.world_size // int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size)))
+        self.dataset = StreamingDataset(streams=streams, shuffle=config.shuffle, shuffle_seed=config.seed,
+                                        batch_size=config.doc_batch,
+                                        num_canonical_nodes=config.num_canonical_nodes or 64 * nodes)
+        self.packer = BestFitPacker(config.max_seq_len, config.buffer_docs)
+        self.rng = np.random.default_rng([config.seed, self.rank])
+        self.epoch = 0
+        self.sample_in_epoch = 0  # global (all ranks) samples consumed in this epoch, StreamingDataset's unit
+        self._skip_docs = 0
+        self._resume: dict | None = None  # StreamingDataset position to apply at the next iteration
+
+    # -- iteration --------------------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[PackedBatch]:
+        """One pass over the current epoch; the packer's leftovers carry over to the next epoch."""
+        from torch.utils.data import DataLoader
+
+        if self._resume is not None:
+            self.dataset.load_state_dict(self._resume)
+            self._resume = None
+        reader = DataLoader(self.dataset, batch_size=self.config.doc_batch, num_workers=self.config.num_workers,
+                            collate_fn=_collate_docs)
+        yield from self._drain()  # a restored buffer may already be full: pack it before reading more
+        for docs in reader:
+            self.sample_in_epoch += len(docs) * self.world_size
+            if self._skip_docs:
+                skip, self._skip_docs = min(self._skip_docs, len(docs)), max(self._skip_docs - len(docs), 0)
+                docs = docs[skip:]
+            for doc in docs:
+                self.packer.add(doc.astype(np.int64))
+            yield from self._drain()
+        self.epoch += 1
+        self.sample_in_epoch = 0
+
+    def _drain(self) -> Iterator[PackedBatch]:
+        while self.packer.full:
+            yield self._make_batch(self.packer.pack(self.config.micro_batch_size))
+
+    def _make_batch(self, packed: PackedRows) -> PackedBatch:
+        flat = np.concatenate(packed.documents)
+        inputs, labels = mask_tokens(flat, self.rng, self.config.mask_rate, self.mask_id, self.special, self.pool)
+        lengths = np.fromiter((d.shape[0] for d in packed.documents), dtype=np.int32, count=len(packed.documents))
+        cu = np.zeros(lengths.shape[0] + 1, dtype=np.int32)
+        np.cumsum(lengths, out=cu[1:])
+        return PackedBatch(input_ids=torch.from_numpy(inputs), labels=torch.from_numpy(labels),
+                           cu_seqlens=torch.from_numpy(cu), max_seqlen=int(lengths.max()),
+                           num_tokens=int(flat.shape[0]), num_slots=packed.rows * packed.max_seq_len)
+
+    # -- resumption -------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "sample_in_epoch": self.sample_in_epoch, "rank": self.rank,
+                "world_size": self.world_size, "packer": self.packer.state_dict(),
+                "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["world_size"] != self.world_size:
+            raise ValueError(f"loader state was saved with {state['world_size']} ranks, resuming with "
+                             f"{self.world_size}; exact resumption needs the same number of ranks")
+        self.epoch = state["epoch"]
+        # Ranks consume documents at slightly different rates (packing is per rank), but StreamingDataset resumes
+        # all ranks at one global position: resume at the slowest rank's position, and let faster ranks skip.
+        mine = torch.tensor(state["sample_in_epoch"])
+        slowest = mine.clone()
+        if self.world_size > 1:
+            torch.distributed.all_reduce(slowest, op=torch.distributed.ReduceOp.MIN)
+        self.sample_in_epoch = int(slowest)
+        self._skip_docs = int(mine - slowest) // self.world_size
+        self._resume = {"epoch": self.epoch, "sample_in_epoch": self.sample_in_epoch, "shuffle_seed": self.config.seed,
+                        "num_canonical_nodes": self.dataset.num_canonical_nodes, "initial_physical_nodes": None}
+        self.packer.load_state_dict(state["packer"])
+        self.rng.bit_generator.state = state["rng"]

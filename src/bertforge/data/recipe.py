@@ -1,0 +1,113 @@
+"""The data-preparation recipe: which sources to read, how, with which tokenizer, and where shards go."""
+
+from __future__ import annotations
+
+import importlib.util
+import sysconfig
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from bertforge.schema import ConfigError
+
+InputFormat = Literal["jsonl", "parquet", "files", "docstrings", "pydoc_topics", "hf"]
+
+
+@dataclass
+class InputConfig:
+    format: InputFormat
+    """jsonl (also .gz/.zst), parquet, files (one document per file), docstrings (of Python files, parsed
+    without importing), pydoc_topics (Python's reference docs), hf (a HuggingFace dataset, streamed)."""
+    path: str = ""
+    """File or directory (jsonl, parquet, files, docstrings); dataset name for hf; unused for pydoc_topics."""
+    include: list[str] = field(default_factory=lambda: ["**/*"])
+    """Glob patterns, relative to a directory path, of files to read."""
+    exclude: list[str] = field(default_factory=list)
+    """Glob patterns of files to skip (tests, vendored code...)."""
+    text_field: str = "text"
+    """JSON key or Parquet column holding the text."""
+    split: str = "train"
+    """Split of an hf dataset."""
+    max_files: int = 0
+    """Read only the first N files (in sorted order); 0 means all. Keeps tests and samples small."""
+
+
+@dataclass
+class SourceConfig:
+    name: str
+    """Directory name of this source's MDS dataset under out_dir."""
+    kind: str = "web"
+    """Label for mixtures and stats: web, code, science, or anything."""
+    inputs: list[InputConfig] = field(default_factory=list)
+    """Where this source's documents come from."""
+
+    def __post_init__(self) -> None:
+        if not self.inputs:
+            raise ConfigError(f"source '{self.name}' has no inputs; add at least one under 'inputs:'")
+
+
+@dataclass
+class PrepRecipe:
+    tokenizer: str
+    """HuggingFace tokenizer name or directory."""
+    out_dir: str
+    """Where each source's MDS dataset and stats.json are written."""
+    sources: list[SourceConfig]
+    """The sources to prepare."""
+    max_seq_len: int = 8192
+    """Longest sequence any training phase uses; longer documents are cut into chunks of this many tokens."""
+    workers: int = 2
+    """Parallel tokenizing processes."""
+    files_per_unit: int = 200
+    """Files per unit of work: the grain of parallelism and of resumption."""
+    shard_size_limit: int = 1 << 25
+    """Bytes per MDS shard before compression."""
+
+    def __post_init__(self) -> None:
+        if self.max_seq_len < 8:
+            raise ConfigError(f"'max_seq_len' must be at least 8, got {self.max_seq_len}")
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"source names must be unique, got {names}")
+
+
+def _package_dir(name: str) -> str:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"${{package_dir:{name}}}: no installed package '{name}'")
+    return list(spec.submodule_search_locations)[0]
+
+
+def register_resolvers() -> None:
+    """${stdlib:} and ${package_dir:NAME} let recipes point at text every Python install has."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("stdlib"):
+        OmegaConf.register_resolver("stdlib", lambda: sysconfig.get_paths()["stdlib"])
+        OmegaConf.register_resolver("package_dir", _package_dir)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> PrepRecipe:
+    from omegaconf import OmegaConf
+
+    from bertforge.schema import build
+
+    register_resolvers()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no recipe file '{path}'")
+    conf = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides or [])))
+    recipe = build(PrepRecipe, OmegaConf.to_container(conf, resolve=True), source=str(path))
+    check_inputs_exist(recipe, source=str(path))
+    return recipe
+
+
+def check_inputs_exist(recipe: PrepRecipe, *, source: str) -> None:
+    """Fail before any work starts when an input path is missing."""
+    for i, src in enumerate(recipe.sources):
+        for j, inp in enumerate(src.inputs):
+            if inp.format in ("pydoc_topics", "hf"):
+                continue
+            if not inp.path or not Path(inp.path).exists():
+                raise ConfigError(f"{source}: sources[{i}].inputs[{j}].path '{inp.path}' (source '{src.name}') "
+                                  f"does not exist; fix the path or remove the input")

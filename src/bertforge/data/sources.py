@@ -1,0 +1,158 @@
+"""Readers for every input format, cut into units of work that can be tokenized in parallel and resumed.
+
+A reader yields ``(text, None)`` for a document and ``(None, reason)`` for one it had to skip, so bad records are
+counted and reported rather than crashing a long preparation.
+"""
+
+from __future__ import annotations
+
+import ast
+import gzip
+import hashlib
+import io
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bertforge.data.recipe import InputConfig, SourceConfig
+
+Record = tuple[str | None, str | None]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A slice of one input that one worker prepares in one go; ``key`` names its output part."""
+
+    source: str
+    key: str
+    input: InputConfig
+    files: tuple[str, ...]
+
+    def fingerprint(self) -> str:
+        """Changes when the unit's inputs change, so a resumed prep never mixes old and new data."""
+        digest = hashlib.sha256(json.dumps([self.input.format, self.input.path, self.input.text_field]).encode())
+        for name in self.files:
+            stat = Path(name).stat()
+            digest.update(f"{name}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
+
+
+def _list_files(inp: InputConfig) -> list[str]:
+    root = Path(inp.path)
+    if root.is_file():
+        return [str(root)]
+    found = {p for pattern in inp.include for p in root.glob(pattern) if p.is_file()}
+    for pattern in inp.exclude:
+        found -= set(root.glob(pattern))
+    files = sorted(str(p) for p in found)
+    return files[: inp.max_files] if inp.max_files else files
+
+
+def plan_units(source: SourceConfig, files_per_unit: int) -> list[Unit]:
+    units = []
+    for i, inp in enumerate(source.inputs):
+        if inp.format in ("pydoc_topics", "hf"):
+            units.append(Unit(source.name, f"i{i:02d}-u00000", inp, ()))
+            continue
+        files = _list_files(inp)
+        per_unit = files_per_unit if inp.format in ("files", "docstrings") else 1
+        for u, start in enumerate(range(0, len(files), per_unit)):
+            units.append(Unit(source.name, f"i{i:02d}-u{u:05d}", inp, tuple(files[start:start + per_unit])))
+    return units
+
+
+def read_unit(unit: Unit) -> Iterator[Record]:
+    fmt = unit.input.format
+    if fmt == "pydoc_topics":
+        from pydoc_data.topics import topics
+
+        yield from (_checked(topics[name]) for name in sorted(topics))
+    elif fmt == "hf":
+        yield from _read_hf(unit.input)
+    else:
+        reader = {"files": _read_file, "docstrings": _read_docstrings, "jsonl": _read_jsonl,
+                  "parquet": _read_parquet}[fmt]
+        for name in unit.files:
+            yield from reader(name, unit.input.text_field)
+
+
+def _checked(text: str) -> Record:
+    return (text, None) if text.strip() else (None, "empty document")
+
+
+def _read_file(name: str, _field: str) -> Iterator[Record]:
+    try:
+        text = Path(name).read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        yield None, "undecodable bytes"
+        return
+    yield _checked(text)
+
+
+def _read_docstrings(name: str, _field: str) -> Iterator[Record]:
+    """A file's module, class and function docstrings as one document; parsed, never imported."""
+    try:
+        tree = ast.parse(Path(name).read_bytes())
+    except (SyntaxError, ValueError, UnicodeDecodeError):
+        yield None, "unparseable python"
+        return
+    nodes = [tree] + [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+    docs = [doc for doc in (ast.get_docstring(n) for n in nodes) if doc]
+    yield _checked("\n\n".join(docs))
+
+
+def _open_text_lines(name: str) -> Iterator[bytes]:
+    if name.endswith(".gz"):
+        with gzip.open(name, "rb") as fh:
+            yield from fh
+    elif name.endswith(".zst"):
+        import zstandard
+
+        with open(name, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as fh:
+            yield from io.BufferedReader(fh)
+    else:
+        with open(name, "rb") as fh:
+            yield from fh
+
+
+def _read_jsonl(name: str, field: str) -> Iterator[Record]:
+    for line in _open_text_lines(name):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            yield None, "undecodable bytes"
+            continue
+        except json.JSONDecodeError:
+            yield None, "invalid json"
+            continue
+        text = record.get(field) if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            yield None, f"missing text field '{field}'"
+            continue
+        yield _checked(text)
+
+
+def _read_parquet(name: str, field: str) -> Iterator[Record]:
+    import pyarrow.parquet as pq
+
+    table = pq.ParquetFile(name)
+    if field not in table.schema_arrow.names:
+        for _ in range(table.metadata.num_rows):
+            yield None, f"missing text field '{field}'"
+        return
+    for batch in table.iter_batches(columns=[field]):
+        for text in batch.column(0).to_pylist():
+            yield _checked(text) if isinstance(text, str) else (None, f"missing text field '{field}'")
+
+
+def _read_hf(inp: InputConfig) -> Iterator[Record]:
+    try:
+        import datasets
+    except ImportError as err:
+        raise RuntimeError("format 'hf' needs the datasets package: pip install datasets") from err
+    for record in datasets.load_dataset(inp.path, split=inp.split, streaming=True):
+        text = record.get(inp.text_field)
+        yield _checked(text) if isinstance(text, str) else (None, f"missing text field '{inp.text_field}'")

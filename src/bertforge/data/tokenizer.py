@@ -1,0 +1,65 @@
+"""Tokenizers: load any HuggingFace tokenizer, or train a byte-level BPE with ModernBERT's special tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+SPECIAL_TOKENS = ["[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]"]
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    cls: int
+    sep: int
+    pad: int
+    mask: int
+
+    def as_set(self) -> set[int]:
+        return {self.cls, self.sep, self.pad, self.mask}
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except OSError as err:
+        raise FileNotFoundError(f"cannot load tokenizer '{name_or_path}': {err}") from None
+
+
+def special_ids(tokenizer) -> SpecialIds:
+    ids = {}
+    for name in ("cls", "sep", "pad", "mask"):
+        value = getattr(tokenizer, f"{name}_token_id")
+        if value is None:
+            raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no {name} token; bertforge frames documents "
+                             f"as [CLS] ... [SEP] and masks with [MASK]")
+        ids[name] = value
+    return SpecialIds(**ids)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) -> Path:
+    """Byte-level BPE, specials first (ids 0..4), vocabulary padded to a multiple of 64 with unused tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    if vocab_size < 300:
+        raise ValueError(f"--vocab-size must be at least 300 (256 bytes + specials), got {vocab_size}")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=True,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    padding = -tok.get_vocab_size() % 64
+    tok.add_special_tokens([f"[unused{i}]" for i in range(padding)])
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+                                                       special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
+                                   mask_token="[MASK]", unk_token="[UNK]", model_max_length=8192)
+    out_dir = Path(out_dir)
+    fast.save_pretrained(out_dir)
+    return out_dir

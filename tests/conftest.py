@@ -1,0 +1,45 @@
+"""Session fixtures: a small but real slice of the built-in sample corpus, tokenized and prepared once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_sample_recipe(out: Path, tokenizer: Path, max_seq_len: int = 1024, files: int = 60) -> Path:
+    """The shipped sample recipe with each file-based input cut to its first ``files`` files."""
+    recipe = yaml.safe_load((ROOT / "data_prep/sample.yaml").read_text())
+    recipe.update(tokenizer=str(tokenizer), out_dir=str(out / "mds"), max_seq_len=max_seq_len, files_per_unit=20)
+    for source in recipe["sources"]:
+        for inp in source["inputs"]:
+            if inp["format"] in ("files", "docstrings"):
+                inp["max_files"] = files
+    path = out / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory) -> dict:
+    """Tokenizer (vocab 2048) trained on, and shards prepared from, a slice of the sample corpus at 1024."""
+    from bertforge.data.prep import prepare
+    from bertforge.data.recipe import load_recipe
+    from bertforge.data.sources import plan_units, read_unit
+    from bertforge.data.tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("sample")
+    tokenizer = out / "tokenizer"
+    recipe_path = small_sample_recipe(out, tokenizer)
+    recipe = load_recipe(recipe_path)
+    texts = (t for s in recipe.sources for u in plan_units(s, recipe.files_per_unit) for t, _ in read_unit(u) if t)
+    train_tokenizer(texts, 2048, tokenizer)
+    stats = prepare(recipe, progress=False)
+    return {"root": out, "recipe": recipe_path, "tokenizer": str(tokenizer), "mds": out / "mds", "stats": stats}
