@@ -44,6 +44,40 @@ def _tokenizer_train(args: argparse.Namespace) -> None:
     print(f"wrote tokenizer to {out}")
 
 
+def _train(args: argparse.Namespace) -> None:
+    from bertforge.train.config import load_train_config, resolved_yaml
+
+    config = load_train_config(args.config, args.overrides)
+    if args.print_config:
+        print(resolved_yaml(config), end="")
+        return
+    from bertforge.train.run import train
+
+    print(f"run finished; checkpoints and metrics in {train(config)}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from bertforge.train.export import export_checkpoint
+
+    print(f"exported to {export_checkpoint(args.checkpoint, args.out, tokenizer=args.tokenizer)}")
+
+
+def _quickstart(args: argparse.Namespace) -> None:
+    """Sample corpus -> tokenizer -> shards -> a tiny CPU run -> a HuggingFace export; finished steps are skipped."""
+    from pathlib import Path
+
+    from bertforge.paths import REPO_ROOT
+
+    recipe = str(REPO_ROOT / "data_prep/sample.yaml")
+    if not Path("data/sample/tokenizer/tokenizer.json").is_file():
+        _tokenizer_train(argparse.Namespace(recipe=recipe, overrides=[], vocab_size=8192,
+                                            out="data/sample/tokenizer"))
+    if not all(Path(f"data/sample/mds/{s}/stats.json").is_file() for s in ("code", "web", "science")):
+        _prep(argparse.Namespace(recipe=recipe, overrides=[], no_progress=False))
+    _train(argparse.Namespace(config=str(REPO_ROOT / "yamls/quickstart.yaml"), overrides=args.overrides,
+                              print_config=False))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bertforge", description="Pretrain ModernBERT-style encoders: prepare data, train, export.")
     parser.add_argument("--version", action="version", version=f"bertforge {__version__}")
@@ -76,11 +110,33 @@ def build_parser() -> argparse.ArgumentParser:
     train_tok.add_argument("--vocab-size", type=int, required=True, help="target size, padded to a multiple of 64")
     train_tok.add_argument("--out", required=True, help="output tokenizer directory")
     train_tok.set_defaults(func=_tokenizer_train)
+
+    train = commands.add_parser("train", help="pretrain from a run config")
+    train.add_argument("config", help="run config YAML (see yamls/)")
+    train.add_argument("overrides", nargs="*", help="key=value overrides, dotted (optimizer.lr=1e-3)")
+    train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    train.set_defaults(func=_train)
+
+    export = commands.add_parser("export", help="export a checkpoint to a HuggingFace directory")
+    export.add_argument("checkpoint", help="a Composer checkpoint (.pt file, or a sharded checkpoint folder)")
+    export.add_argument("out", help="output directory")
+    export.add_argument("--tokenizer", help="tokenizer to save beside the model")
+    export.set_defaults(func=_export)
+
+    quick = commands.add_parser("quickstart", help="sample data, tokenizer, a tiny CPU run and its export")
+    quick.add_argument("overrides", nargs="*", help="key=value overrides of yamls/quickstart.yaml")
+    quick.set_defaults(func=_quickstart)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse stops collecting positional overrides at the first option; accept key=value anywhere.
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from bertforge.model.hf_io import CheckpointError
     from bertforge.schema import ConfigError
 

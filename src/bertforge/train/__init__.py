@@ -1,0 +1,1 @@
+"""Training: the run config, Composer wiring, schedules in tokens, monitoring callbacks and export."""

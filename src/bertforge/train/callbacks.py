@@ -1,0 +1,155 @@
+"""Monitoring and state that ride along with Composer: metrics.jsonl, throughput/MFU, curves, loader state."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+from composer.core import Callback, State
+from composer.loggers import Logger
+
+from bertforge.model.config import ModernBertConfig
+
+# Dense bf16 peak FLOP/s per device, for MFU when the config gives none.
+PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12, "V100": 125e12}
+
+
+def flops_per_token(config: ModernBertConfig, mean_doc_len: float, mask_rate: float) -> float:
+    """Training FLOPs (forward + backward = 3 x forward) per real token.
+
+    Matmuls of every layer, attention scores over the tokens a query actually sees (its document, or the window
+    on local layers), and the head and decoder only for the masked share (sparse prediction).
+    """
+    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    per_layer = 2 * (3 * h * h + h * h + 2 * h * i + i * h)
+    attention = 0.0
+    for layer in range(layers):
+        seen = mean_doc_len if config.is_global_layer(layer) else min(mean_doc_len, config.local_attention + 1)
+        attention += 2 * 2 * seen * h
+    head = mask_rate * 2 * (h * h + h * config.vocab_size)
+    return 3 * (layers * per_layer + attention + head)
+
+
+def device_peak_flops(configured: float | None) -> float | None:
+    if configured:
+        return configured
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
+
+
+class RunState(Callback):
+    """Puts the packed loader's state (stream position, packer buffer, masking RNG) and the model config into
+    every checkpoint, so a resumed run continues the data exactly and any checkpoint exports on its own."""
+
+    def __init__(self, loader, config):
+        self.loader = loader
+        self.config = config
+
+    def state_dict(self) -> dict:
+        return {"loader": self.loader.state_dict(), "model_config": dataclasses.asdict(self.config.model),
+                "run_name": self.config.run_name}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.load_state_dict(state["loader"])
+
+
+class MetricsFile(Callback):
+    """``metrics.jsonl``, throughput and MFU, a console line, and the loss/LR PNG at the end."""
+
+    def __init__(self, path: Path, model_config: ModernBertConfig, mask_rate: float, peak_flops: float | None,
+                 interval: int, total_tokens: int | None):
+        self.path = Path(path)
+        self.model_config = model_config
+        self.mask_rate = mask_rate
+        self.peak_flops = device_peak_flops(peak_flops)
+        self.interval = interval
+        self.total_tokens = total_tokens
+        self._start = self._window_start = 0.0
+        self._real = self._slots = self._docs = 0
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._start = self._window_start = time.time()
+
+    def before_train_batch(self, state: State, logger: Logger) -> None:
+        batch = state.batch
+        self._real += int(batch["num_tokens"])
+        self._slots += int(batch["num_slots"])
+        self._docs += int(batch["cu_seqlens"].numel() - 1)
+
+    def batch_end(self, state: State, logger: Logger) -> None:
+        batch_index = int(state.timestamp.batch)
+        if batch_index % self.interval:
+            return
+        import torch.distributed as dist
+
+        # Wall-clock since the last record: data loading, step, callbacks and checkpoints, as a user sees it.
+        now = time.time()
+        elapsed, self._window_start = max(now - self._window_start, 1e-9), now
+        grads = [p.grad for p in state.model.parameters() if p.grad is not None]
+        grad_norm = math.sqrt(sum(float(g.detach().float().norm() ** 2) for g in grads)) if grads else 0.0
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        tokens = int(state.timestamp.token)
+        tokens_per_s = self._real / elapsed
+        mean_doc = self._real / max(self._docs, 1)
+        flops = flops_per_token(self.model_config, mean_doc, self.mask_rate) * tokens_per_s
+        acc = state.train_metric_values.get("MaskedAccuracy")
+        record = {
+            "batch": batch_index, "tokens": tokens, "loss": float(state.loss),
+            "masked_accuracy": float(acc) if acc is not None else None,
+            "lr": state.schedulers[0].get_last_lr()[0], "grad_norm": grad_norm,
+            "tokens_per_s_per_device": tokens_per_s, "tokens_per_s": tokens_per_s * world,
+            "mfu": flops / self.peak_flops if self.peak_flops else None,
+            "packing_efficiency": self._real / max(self._slots, 1), "time": time.time() - self._start,
+        }
+        self._real = self._slots = self._docs = 0
+        logger.log_metrics({f"throughput/{k}": v for k, v in record.items()
+                            if k in ("tokens_per_s", "tokens_per_s_per_device", "mfu", "packing_efficiency")
+                            and v is not None} | {"train/grad_norm": grad_norm})
+        if state.fsdp_enabled or world == 1 or dist.get_rank() == 0:
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+        if (world == 1 or dist.get_rank() == 0) and self.total_tokens:
+            rate = tokens / max(record["time"], 1e-9)
+            eta = (self.total_tokens - tokens) / max(rate, 1e-9)
+            print(f"[batch {batch_index}] tokens {tokens:,}/{self.total_tokens:,} loss {record['loss']:.4f} "
+                  f"lr {record['lr']:.2e} {tokens_per_s * world:,.0f} tok/s ETA {eta / 60:.1f} min", flush=True)
+
+    def fit_end(self, state: State, logger: Logger) -> None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            return
+        plot_curves(self.path, self.path.with_name("curves.png"))
+
+
+def plot_curves(metrics: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bertforge.atomic import atomic_path
+
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    if not rows:
+        return
+    tokens = [r["tokens"] for r in rows]
+    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    ax_loss.plot(tokens, [r["loss"] for r in rows])
+    ax_loss.set_ylabel("MLM loss")
+    ax_loss.grid(alpha=0.3)
+    ax_lr.plot(tokens, [r["lr"] for r in rows], color="tab:orange")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("real tokens")
+    ax_lr.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)

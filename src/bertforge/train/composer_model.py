@@ -1,0 +1,46 @@
+"""Our model as a Composer model: packed micro-batches in, MLM loss and masked-token accuracy out."""
+
+from __future__ import annotations
+
+import torch
+from composer.models import ComposerModel
+from torchmetrics import Metric
+
+from bertforge.model import IGNORE_INDEX, ModernBertForMaskedLM
+
+
+class MaskedAccuracy(Metric):
+    """Share of masked positions whose top prediction is the original token."""
+
+    def __init__(self):
+        super().__init__()
+        self.add_state("correct", default=torch.tensor(0), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.tensor(0), dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        self.correct += (logits.argmax(-1) == targets).sum()
+        self.total += targets.numel()
+
+    def compute(self) -> torch.Tensor:
+        return self.correct.float() / self.total.clamp(min=1)
+
+
+class MLMComposerModel(ComposerModel):
+    def __init__(self, model: ModernBertForMaskedLM):
+        super().__init__()
+        self.model = model
+        self.train_metrics = {"MaskedAccuracy": MaskedAccuracy()}
+
+    def forward(self, batch: dict):
+        return self.model(batch["input_ids"], cu_seqlens=batch["cu_seqlens"], max_seqlen=batch["max_seqlen"],
+                          labels=batch["labels"])
+
+    def loss(self, outputs, batch: dict) -> torch.Tensor:
+        return outputs.loss
+
+    def get_metrics(self, is_train: bool = False) -> dict[str, Metric]:
+        return self.train_metrics if is_train else {}
+
+    def update_metric(self, batch: dict, outputs, metric: Metric) -> None:
+        labels = batch["labels"]
+        metric.update(outputs.logits.detach(), labels[labels != IGNORE_INDEX])

@@ -1,0 +1,153 @@
+"""`bertforge train`: build the model, the packed loader and a Composer Trainer from a TrainConfig, and fit."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+
+from bertforge.schema import ConfigError
+from bertforge.train.config import TrainConfig, resolved_yaml
+
+
+def total_tokens(max_duration: str) -> int | None:
+    return int(max_duration[:-3]) if max_duration.endswith("tok") else None
+
+
+def check_tokenizer_fits(config: TrainConfig) -> None:
+    """The tokenizer must fit the model and agree on special ids, or training learns garbage; fail up front."""
+    from bertforge.data.tokenizer import load_tokenizer, special_ids
+
+    tokenizer = load_tokenizer(config.data.tokenizer)
+    if len(tokenizer) > config.model.vocab_size:
+        raise ConfigError(f"tokenizer '{config.data.tokenizer}' has {len(tokenizer)} tokens but model.vocab_size is "
+                          f"{config.model.vocab_size}; set model.vocab_size={-(-len(tokenizer) // 64) * 64}")
+    ids = special_ids(tokenizer)
+    for name in ("cls", "sep", "pad", "mask"):
+        if getattr(ids, name) != getattr(config.model, f"{name}_token_id"):
+            raise ConfigError(f"model.{name}_token_id is {getattr(config.model, f'{name}_token_id')} but the "
+                              f"tokenizer's [{name.upper()}] is {getattr(ids, name)}; set "
+                              f"model.{name}_token_id={getattr(ids, name)}")
+
+
+def check_data_paths(config: TrainConfig) -> None:
+    for name, stream in config.data.streams.items():
+        if stream.remote is None and not (Path(stream.local) / "index.json").is_file():
+            raise ConfigError(f"data.streams.{name}.local '{stream.local}' holds no prepared dataset (no index.json); "
+                              f"run `bertforge prep` for it or fix the path")
+
+
+_CHECKPOINT_NAME = re.compile(r"^ep\d+-ba(\d+)")
+
+
+def set_aside_unfinished_checkpoints(save_folder: Path) -> list[Path]:
+    """Move checkpoints newer than ``latest-rank0.pt`` into ``incomplete/`` before autoresume.
+
+    Composer writes a checkpoint file in place and re-points ``latest`` only once it is complete, so a run killed
+    in between leaves a newer, possibly partial file that would block the resumed run. It is kept, not deleted.
+    """
+    latest = save_folder / "latest-rank0.pt"
+    if not save_folder.is_dir():
+        return []
+    resumed_batch = -1
+    if latest.is_symlink() or latest.exists():
+        match = _CHECKPOINT_NAME.match(Path(os.readlink(latest)).name if latest.is_symlink() else "")
+        resumed_batch = int(match.group(1)) if match else -1
+    moved = []
+    for path in sorted(save_folder.iterdir()):
+        match = _CHECKPOINT_NAME.match(path.name)
+        if match and int(match.group(1)) > resumed_batch:
+            (save_folder / "incomplete").mkdir(exist_ok=True)
+            target = save_folder / "incomplete" / path.name
+            path.rename(target)
+            moved.append(target)
+    return moved
+
+
+class ComposerBatches:
+    """The packed loader as Composer wants it: dict batches of tensors and plain numbers."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __iter__(self):
+        for batch in self.loader:
+            yield {"input_ids": batch.input_ids, "labels": batch.labels, "cu_seqlens": batch.cu_seqlens,
+                   "max_seqlen": batch.max_seqlen, "num_tokens": batch.num_tokens, "num_slots": batch.num_slots}
+
+
+def train(config: TrainConfig) -> Path:
+    import torch
+    from composer import DataSpec, Trainer
+    from composer.devices import DeviceCPU, DeviceGPU
+    from composer.utils import dist, reproducibility
+
+    from bertforge.data.loader import PackedMLMLoader
+    from bertforge.model import ModernBertForMaskedLM
+    from bertforge.train.callbacks import MetricsFile, RunState
+    from bertforge.train.composer_model import MLMComposerModel
+    from bertforge.train.optim import build_optimizer
+    from bertforge.train.schedules import TokenScheduler
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    config.check_world(world)
+    check_data_paths(config)
+    check_tokenizer_fits(config)
+    total = total_tokens(config.max_duration)
+    if total is None and (config.schedule.decay_tokens or config.schedule.name == "cosine"):
+        raise ConfigError("a decaying schedule needs max_duration in tokens (e.g. '1000000tok')")
+
+    device = DeviceGPU() if torch.cuda.is_available() else DeviceCPU()
+    dist.initialize_dist(device)
+    reproducibility.seed_all(config.seed)
+    rows = config.global_batch_size // world
+    data = dataclasses.replace(config.data, micro_batch_size=rows)
+    loader = PackedMLMLoader(data, vocab_size=config.model.vocab_size)
+    model = ModernBertForMaskedLM(config.model)
+    save_folder = Path(config.save_folder)
+
+    dataspec = DataSpec(ComposerBatches(loader), get_num_samples_in_batch=lambda b: b["num_slots"] // data.max_seq_len,
+                        get_num_tokens_in_batch=lambda b: b["num_tokens"], split_batch=lambda b, _: [b])
+    precision = config.precision if config.precision != "auto" else ("amp_bf16" if device.name == "gpu" else "fp32")
+    parallelism = None
+    if config.parallelism == "fsdp2":
+        from composer.utils.parallelism import FSDP2Config
+
+        parallelism = {"fsdp2": FSDP2Config(activation_checkpointing=config.activation_checkpointing)}
+    loggers = []
+    if config.wandb.enabled:
+        from composer.loggers import WandBLogger
+
+        loggers.append(WandBLogger(project=config.wandb.project, entity=config.wandb.entity, name=config.run_name,
+                                   tags=config.wandb.tags, init_kwargs={"config": dataclasses.asdict(config),
+                                                                        "dir": str(save_folder)}))
+    callbacks = [RunState(loader, config), MetricsFile(save_folder / "metrics.jsonl", config.model, data.mask_rate,
+                                                       config.peak_flops, config.log_interval, total)]
+    if config.checkpoint.autoresume and dist.get_local_rank() == 0:
+        for path in set_aside_unfinished_checkpoints(save_folder):
+            print(f"moved {path.name}, newer than the last complete checkpoint, to {path.parent}", flush=True)
+    trainer = Trainer(
+        model=MLMComposerModel(model), train_dataloader=dataspec, max_duration=config.max_duration,
+        optimizers=build_optimizer(model, config.optimizer),
+        schedulers=TokenScheduler(config.schedule, total or 0), step_schedulers_every_batch=True,
+        device=device, precision=precision, device_train_microbatch_size=rows, parallelism_config=parallelism,
+        save_folder=str(save_folder), save_interval=config.checkpoint.interval,
+        save_num_checkpoints_to_keep=config.checkpoint.keep, save_overwrite=not config.checkpoint.autoresume,
+        autoresume=config.checkpoint.autoresume, load_path=config.checkpoint.load_path,
+        load_weights_only=config.checkpoint.load_weights_only, run_name=config.run_name, seed=config.seed,
+        loggers=loggers, callbacks=callbacks, spin_dataloaders=False, progress_bar=False, log_to_console=False,
+        compile_config={} if config.compile else None,
+    )
+    if dist.get_global_rank() == 0:
+        save_folder.mkdir(parents=True, exist_ok=True)
+        from bertforge.atomic import write_text_atomic
+
+        write_text_atomic(save_folder / "config.yaml", resolved_yaml(config))
+    trainer.fit()
+    if config.export_dir:
+        from bertforge.train.export import export_model
+
+        export_model(trainer.state.model.model, config.export_dir, tokenizer=config.data.tokenizer)
+    trainer.close()
+    return save_folder

@@ -1,0 +1,159 @@
+"""`bertforge train` for real: Composer runs on the sample corpus, checkpoints, kill + autoresume, export."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from bertforge.schema import ConfigError
+from bertforge.train.config import load_train_config
+
+BERTFORGE = str(Path(sys.executable).with_name("bertforge"))
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run_config(tmp_path: Path, sample_data: dict, name: str, **overrides) -> Path:
+    """The quickstart config pointed at the test corpus, small enough for CI's two cores."""
+    config = yaml.safe_load((ROOT / "yamls/quickstart.yaml").read_text())
+    config["includes"] = {"model": str(ROOT / "yamls/models/tiny.yaml")}
+    config.update(run_name=name, save_folder=str(tmp_path / name), export_dir=None, max_duration="12288tok",
+                  global_batch_size=4, log_interval=1)
+    config["schedule"] = {"name": "wsd", "warmup_tokens": 2048, "decay_tokens": 4096, "decay_shape": "1-sqrt"}
+    config["checkpoint"] = {"interval": "4ba", "keep": -1}
+    config["data"].update(tokenizer=sample_data["tokenizer"], max_seq_len=256, buffer_docs=128)
+    for stream in ("code", "web", "science"):
+        config["data"]["streams"][stream]["local"] = str(sample_data["mds"] / stream)
+    for key, value in overrides.items():
+        config[key] = value
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _metrics(folder: Path) -> dict[int, dict]:
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return {row["batch"]: row for row in rows}  # a resumed run rewrites batches after its checkpoint: keep the last
+
+
+def _train(config: Path, *extra: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([BERTFORGE, "train", str(config), *extra], capture_output=True, text=True,
+                          timeout=600, **kwargs)
+
+
+@pytest.mark.slow
+def test_quickstart_config_trains_end_to_end_and_exports(tmp_path, sample_data):
+    from transformers import AutoModelForMaskedLM
+
+    from bertforge.train.export import load_checkpoint_model
+
+    config = _run_config(tmp_path, sample_data, "qs", export_dir=str(tmp_path / "hf"))
+    result = _train(config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    folder = tmp_path / "qs"
+    metrics = _metrics(folder)
+    assert sorted(metrics) == list(range(1, 13))
+    for key in ("batch", "tokens", "loss", "masked_accuracy", "lr", "grad_norm", "tokens_per_s",
+                "packing_efficiency"):
+        assert all(row[key] is not None for row in metrics.values()), key
+    assert metrics[12]["tokens"] >= 12288
+    assert metrics[12]["loss"] < metrics[1]["loss"] - 0.5
+    assert (folder / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in folder.glob("ep*-ba*-rank0.pt")) == [
+        "ep0-ba12-rank0.pt", "ep0-ba4-rank0.pt", "ep0-ba8-rank0.pt"]
+    # The export loads in transformers and gives the logits of the final checkpoint.
+    hf = AutoModelForMaskedLM.from_pretrained(tmp_path / "hf").eval()
+    ours = load_checkpoint_model(folder / "ep0-ba12-rank0.pt").eval()
+    ids = torch.randint(5, 2048, (2, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, hf(input_ids=ids).logits, atol=1e-4, rtol=0)
+    assert (tmp_path / "hf" / "tokenizer.json").is_file()
+
+
+@pytest.mark.slow
+def test_killed_run_autoresumes_with_identical_losses(tmp_path, sample_data):
+    reference = _run_config(tmp_path, sample_data, "ref")
+    assert _train(reference).returncode == 0
+    expected = _metrics(tmp_path / "ref")
+
+    killed = _run_config(tmp_path, sample_data, "killed")
+    folder = tmp_path / "killed"
+    proc = subprocess.Popen([BERTFORGE, "train", str(killed)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (folder / "ep0-ba8-rank0.pt").exists():
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # a real crash: no chance to save anything more
+    proc.wait()
+    assert not (folder / "ep0-ba12-rank0.pt").exists(), "the run finished before it could be killed"
+    # The kill may land while ba8 is being written (then the run resumes from ba4 and ba8 is set aside).
+    resumed_from = int(os.readlink(folder / "latest-rank0.pt").split("-ba")[1].split("-")[0])
+    assert resumed_from in (4, 8)
+
+    result = _train(killed)  # autoresume is on by default
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = _metrics(folder)
+    assert sorted(resumed) == sorted(expected)
+    assert (folder / "ep0-ba12-rank0.pt").is_file()
+    for batch in range(resumed_from + 1, 13):
+        assert abs(resumed[batch]["loss"] - expected[batch]["loss"]) <= 1e-6, batch
+        assert resumed[batch]["tokens"] == expected[batch]["tokens"]
+        assert resumed[batch]["lr"] == pytest.approx(expected[batch]["lr"], rel=1e-9)
+
+
+def test_unknown_key_names_file_key_and_nearest(tmp_path, sample_data):
+    config = _run_config(tmp_path, sample_data, "bad", global_batchsize=8)
+    with pytest.raises(ConfigError, match=rf"{config}.*unknown key 'global_batchsize'; did you mean 'global_batch_size'"):
+        load_train_config(config)
+
+
+def test_nested_typo_and_override_typo(tmp_path, sample_data):
+    config = _run_config(tmp_path, sample_data, "bad")
+    with pytest.raises(ConfigError, match="unknown key 'optimizer.lrr'; did you mean 'optimizer.lr'"):
+        load_train_config(config, ["optimizer.lrr=1e-3"])
+
+
+def test_missing_data_path_fails_before_training(tmp_path, sample_data):
+    config = _run_config(tmp_path, sample_data, "nodata")
+    result = _train(config, "data.streams.code.local=/nowhere/code")
+    assert result.returncode == 2
+    assert "data.streams.code.local '/nowhere/code' holds no prepared dataset" in result.stderr
+    assert not (tmp_path / "nodata" / "metrics.jsonl").exists()
+
+
+def test_tokenizer_larger_than_the_model_is_refused(tmp_path, sample_data):
+    config = _run_config(tmp_path, sample_data, "vocab")
+    result = _train(config, "model.vocab_size=1024")
+    assert result.returncode == 2
+    assert "has 2048 tokens but model.vocab_size is 1024; set model.vocab_size=2048" in result.stderr
+
+
+def test_batch_not_divisible_by_ranks_is_refused(tmp_path, sample_data):
+    config = load_train_config(_run_config(tmp_path, sample_data, "div", global_batch_size=6))
+    with pytest.raises(ConfigError, match=r"'global_batch_size' \(6\) must be divisible by the number of ranks \(4\)"):
+        config.check_world(4)
+
+
+def test_print_config_resolves_includes(tmp_path, sample_data):
+    result = _train(_run_config(tmp_path, sample_data, "print"), "--print-config", "optimizer.lr=0.005")
+    assert result.returncode == 0, result.stderr
+    printed = yaml.safe_load(result.stdout)
+    assert printed["model"]["hidden_size"] == 256 and printed["optimizer"]["lr"] == 0.005
+
+
+def test_checkpoints_newer_than_latest_are_set_aside_not_deleted(tmp_path):
+    from bertforge.train.run import set_aside_unfinished_checkpoints
+
+    (tmp_path / "ep0-ba4-rank0.pt").write_bytes(b"complete")
+    (tmp_path / "ep0-ba8-rank0.pt").write_bytes(b"partial")
+    (tmp_path / "latest-rank0.pt").symlink_to("ep0-ba4-rank0.pt")
+    moved = set_aside_unfinished_checkpoints(tmp_path)
+    assert [p.name for p in moved] == ["ep0-ba8-rank0.pt"]
+    assert (tmp_path / "incomplete" / "ep0-ba8-rank0.pt").read_bytes() == b"partial"
+    assert (tmp_path / "ep0-ba4-rank0.pt").is_file()
