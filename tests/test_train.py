@@ -157,3 +157,48 @@ def test_checkpoints_newer_than_latest_are_set_aside_not_deleted(tmp_path):
     assert [p.name for p in moved] == ["ep0-ba8-rank0.pt"]
     assert (tmp_path / "incomplete" / "ep0-ba8-rank0.pt").read_bytes() == b"partial"
     assert (tmp_path / "ep0-ba4-rank0.pt").is_file()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_fsdp2_matches_ddp_and_exports(tmp_path, sample_data):
+    """Two real ranks over gloo: FSDP2 (sharded) and DDP see the same data, so their losses must agree."""
+    from transformers import AutoModelForMaskedLM
+
+    from bertforge.train.export import load_checkpoint_model
+
+    composer = str(Path(sys.executable).with_name("composer"))
+    losses = {}
+    for mode in ("ddp", "fsdp2"):
+        config = _run_config(tmp_path, sample_data, mode, parallelism=mode, max_duration="8192tok",
+                             optimizer={"name": "adamw", "lr": 2e-3})
+        result = subprocess.run([composer, "-n", "2", "--master_port", str(_free_port()), "-m", "bertforge.train",
+                                 str(config)], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        losses[mode] = [row["loss"] for _, row in sorted(_metrics(tmp_path / mode).items())]
+    assert len(losses["fsdp2"]) == 8 and losses["fsdp2"][-1] < losses["fsdp2"][0] - 0.5
+    assert losses["fsdp2"] == pytest.approx(losses["ddp"], abs=1e-4)
+
+    result = subprocess.run([BERTFORGE, "export", str(tmp_path / "fsdp2" / "ep0-ba8-rank0.pt"),
+                             str(tmp_path / "hf"), "--tokenizer", sample_data["tokenizer"]],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    hf = AutoModelForMaskedLM.from_pretrained(tmp_path / "hf").eval()
+    ours = load_checkpoint_model(tmp_path / "fsdp2" / "ep0-ba8-rank0.pt").eval()
+    ids = torch.randint(5, 2048, (2, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, hf(input_ids=ids).logits, atol=1e-4, rtol=0)
+
+
+def test_stableadamw_with_fsdp2_on_cpu_is_refused(tmp_path, sample_data):
+    config = _run_config(tmp_path, sample_data, "refuse", parallelism="fsdp2")
+    result = _train(config)
+    assert result.returncode == 2
+    assert "use optimizer.name=adamw with fsdp2, or parallelism=ddp" in result.stderr

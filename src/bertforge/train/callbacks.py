@@ -112,10 +112,11 @@ class MetricsFile(Callback):
         logger.log_metrics({f"throughput/{k}": v for k, v in record.items()
                             if k in ("tokens_per_s", "tokens_per_s_per_device", "mfu", "packing_efficiency")
                             and v is not None} | {"train/grad_norm": grad_norm})
-        if state.fsdp_enabled or world == 1 or dist.get_rank() == 0:
-            with self.path.open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
-        if (world == 1 or dist.get_rank() == 0) and self.total_tokens:
+        if world > 1 and dist.get_rank() != 0:
+            return
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.total_tokens:
             rate = tokens / max(record["time"], 1e-9)
             eta = (self.total_tokens - tokens) / max(rate, 1e-9)
             print(f"[batch {batch_index}] tokens {tokens:,}/{self.total_tokens:,} loss {record['loss']:.4f} "
@@ -153,3 +154,19 @@ def plot_curves(metrics: Path, out: Path) -> None:
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+class GlooFsdpGradientAverage(Callback):
+    """Divide FSDP2 gradients by the world size on gloo (CPU).
+
+    FSDP2 reduce-scatters fp32 gradients with ReduceOp.AVG; gloo's reduce-scatter sums instead, so without this
+    every gradient is world_size times too large (Adam hides most of it, weight decay, eps and grad norms do not).
+    """
+
+    def __init__(self, world_size: int):
+        self.world_size = world_size
+
+    def after_backward(self, state: State, logger: Logger) -> None:
+        for param in state.model.parameters():
+            if param.grad is not None:
+                param.grad.div_(self.world_size)

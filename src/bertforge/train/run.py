@@ -85,7 +85,7 @@ def train(config: TrainConfig) -> Path:
 
     from bertforge.data.loader import PackedMLMLoader
     from bertforge.model import ModernBertForMaskedLM
-    from bertforge.train.callbacks import MetricsFile, RunState
+    from bertforge.train.callbacks import GlooFsdpGradientAverage, MetricsFile, RunState
     from bertforge.train.composer_model import MLMComposerModel
     from bertforge.train.optim import build_optimizer
     from bertforge.train.schedules import TokenScheduler
@@ -98,6 +98,10 @@ def train(config: TrainConfig) -> Path:
     if total is None and (config.schedule.decay_tokens or config.schedule.name == "cosine"):
         raise ConfigError("a decaying schedule needs max_duration in tokens (e.g. '1000000tok')")
 
+    if config.parallelism == "fsdp2" and config.optimizer.name == "stableadamw" and not torch.cuda.is_available():
+        raise ConfigError("optimizer 'stableadamw' under parallelism 'fsdp2' needs an AVG all-reduce of each sharded "
+                          "parameter's update RMS, which the CPU (gloo) backend lacks; on CPU use "
+                          "optimizer.name=adamw with fsdp2, or parallelism=ddp")
     device = DeviceGPU() if torch.cuda.is_available() else DeviceCPU()
     dist.initialize_dist(device)
     reproducibility.seed_all(config.seed)
@@ -110,11 +114,21 @@ def train(config: TrainConfig) -> Path:
     dataspec = DataSpec(ComposerBatches(loader), get_num_samples_in_batch=lambda b: b["num_slots"] // data.max_seq_len,
                         get_num_tokens_in_batch=lambda b: b["num_tokens"], split_batch=lambda b, _: [b])
     precision = config.precision if config.precision != "auto" else ("amp_bf16" if device.name == "gpu" else "fp32")
-    parallelism = None
-    if config.parallelism == "fsdp2":
-        from composer.utils.parallelism import FSDP2Config
+    if config.activation_checkpointing:
+        from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
 
-        parallelism = {"fsdp2": FSDP2Config(activation_checkpointing=config.activation_checkpointing)}
+        from bertforge.model.layers import EncoderLayer
+
+        apply_activation_checkpointing(model, check_fn=lambda module: isinstance(module, EncoderLayer))
+    if config.parallelism == "fsdp2":
+        from torch.distributed.fsdp import fully_shard
+
+        # We shard ourselves, each encoder layer then the root (which keeps the tied embedding and decoder
+        # together), before the optimizer exists so that it holds the sharded parameters. Handing Composer an
+        # FSDP2Config instead left the optimizer on the unsharded originals: the loss did not move.
+        for layer in model.model.layers:
+            fully_shard(layer)
+        fully_shard(model)
     loggers = []
     if config.wandb.enabled:
         from composer.loggers import WandBLogger
@@ -124,6 +138,8 @@ def train(config: TrainConfig) -> Path:
                                                                         "dir": str(save_folder)}))
     callbacks = [RunState(loader, config), MetricsFile(save_folder / "metrics.jsonl", config.model, data.mask_rate,
                                                        config.peak_flops, config.log_interval, total)]
+    if config.parallelism == "fsdp2" and world > 1 and torch.distributed.get_backend() == "gloo":
+        callbacks.insert(0, GlooFsdpGradientAverage(world))
     if config.checkpoint.autoresume and dist.get_local_rank() == 0:
         for path in set_aside_unfinished_checkpoints(save_folder):
             print(f"moved {path.name}, newer than the last complete checkpoint, to {path.parent}", flush=True)
@@ -131,7 +147,7 @@ def train(config: TrainConfig) -> Path:
         model=MLMComposerModel(model), train_dataloader=dataspec, max_duration=config.max_duration,
         optimizers=build_optimizer(model, config.optimizer),
         schedulers=TokenScheduler(config.schedule, total or 0), step_schedulers_every_batch=True,
-        device=device, precision=precision, device_train_microbatch_size=rows, parallelism_config=parallelism,
+        device=device, precision=precision, device_train_microbatch_size=rows,
         save_folder=str(save_folder), save_interval=config.checkpoint.interval,
         save_num_checkpoints_to_keep=config.checkpoint.keep, save_overwrite=not config.checkpoint.autoresume,
         autoresume=config.checkpoint.autoresume, load_path=config.checkpoint.load_path,
