@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=_train)
 
     export = commands.add_parser("export", help="export a checkpoint to a HuggingFace directory")
-    export.add_argument("checkpoint", help="a Composer checkpoint (.pt file, or a sharded checkpoint folder)")
+    export.add_argument("checkpoint", help="a Composer checkpoint .pt file written by bertforge train")
     export.add_argument("out", help="output directory")
     export.add_argument("--tokenizer", help="tokenizer to save beside the model")
     export.set_defaults(func=_export)

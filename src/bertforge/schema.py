@@ -104,7 +104,3 @@ def _coerce(tp: Any, value: Any, *, source: str, key: str) -> Any:
         raise ConfigError(f"{source}: '{key}' must be a string, got {value!r}")
     return value
 
-
-def to_dict(obj: Any) -> dict[str, Any]:
-    """The inverse of :func:`build`, for printing and logging a resolved config."""
-    return dataclasses.asdict(obj)

@@ -87,14 +87,6 @@ class PackedBatch:
     num_slots: int
     """rows x max_seq_len: what a padded batch would have cost."""
 
-    def __len__(self) -> int:
-        return self.num_slots
-
-    def to(self, device) -> "PackedBatch":
-        return PackedBatch(self.input_ids.to(device, non_blocking=True), self.labels.to(device, non_blocking=True),
-                           self.cu_seqlens.to(device, non_blocking=True), self.max_seqlen, self.num_tokens,
-                           self.num_slots)
-
 
 def _collate_docs(samples: list[dict]) -> list[np.ndarray]:
     return [s["tokens"] for s in samples]

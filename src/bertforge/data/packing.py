@@ -25,10 +25,6 @@ class PackedRows:
     def real_tokens(self) -> int:
         return sum(d.shape[0] for d in self.documents)
 
-    @property
-    def efficiency(self) -> float:
-        return self.real_tokens / (self.rows * self.max_seq_len)
-
 
 class BestFitPacker:
     def __init__(self, max_seq_len: int, buffer_docs: int):

@@ -45,10 +45,6 @@ class SequenceLayout:
     _groups: list[LengthGroup] | None = None
     _ungroup: torch.Tensor | None = None
 
-    @property
-    def num_tokens(self) -> int:
-        return self.positions.shape[0]
-
     def rope(self, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
         if theta not in self._rope:
             self._rope[theta] = rotary_cos_sin(self.positions, self.head_dim, theta)

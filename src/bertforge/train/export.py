@@ -1,4 +1,4 @@
-"""`bertforge export`: a Composer checkpoint we wrote (monolithic or FSDP2-sharded) -> a HuggingFace directory."""
+"""`bertforge export`: a Composer checkpoint we wrote (DDP or FSDP2, both monolithic) -> a HuggingFace directory."""
 
 from __future__ import annotations
 
@@ -12,22 +12,11 @@ from bertforge.model import ModernBertConfig, ModernBertForMaskedLM
 from bertforge.model.hf_io import load_state_dict_checked
 
 
-def _read_checkpoint(path: Path) -> dict:
-    """A monolithic ``.pt`` as is; a sharded (torch.distributed.checkpoint) folder gathered into one."""
-    if path.is_dir():
-        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-        with tempfile.TemporaryDirectory() as tmp:
-            dcp_to_torch_save(path, Path(tmp) / "full.pt")
-            return torch.load(Path(tmp) / "full.pt", map_location="cpu", weights_only=False)
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
 def load_checkpoint_model(path: str | Path) -> ModernBertForMaskedLM:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at '{path}'")
-    state = _read_checkpoint(path)["state"]
+    state = torch.load(path, map_location="cpu", weights_only=False)["state"]
     run_state = next((v for k, v in state.get("callbacks", {}).items() if k.startswith("RunState")), None)
     if run_state is None:
         raise ValueError(f"{path}: not a bertforge checkpoint (no RunState with the model config)")
