@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]

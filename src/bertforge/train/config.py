@@ -34,21 +34,9 @@ class CheckpointConfig:
 
 
 @dataclass
-class WandbConfig:
-    enabled: bool = False
-    """Log to Weights & Biases (WANDB_MODE=offline works without a network)."""
-    project: str = "bertforge"
-    """W&B project."""
-    entity: str | None = None
-    """W&B entity (team or user)."""
-    tags: list[str] = field(default_factory=list)
-    """W&B run tags."""
-
-
-@dataclass
 class TrainConfig:
     run_name: str
-    """Name of the run (W&B run name, checkpoint folder name)."""
+    """Name of the run (the default checkpoint folder name)."""
     model: ModernBertConfig
     """The architecture (usually included from yamls/models/)."""
     data: DataConfig
@@ -65,8 +53,6 @@ class TrainConfig:
     """The learning-rate schedule, in tokens."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Saving, resuming, and starting from another run."""
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-    """Weights & Biases logging."""
     precision: Literal["auto", "fp32", "amp_bf16"] = "auto"
     """amp_bf16 on GPU and fp32 on CPU when 'auto'."""
     parallelism: Literal["ddp", "fsdp2"] = "ddp"

@@ -129,13 +129,6 @@ def train(config: TrainConfig) -> Path:
         for layer in model.model.layers:
             fully_shard(layer)
         fully_shard(model)
-    loggers = []
-    if config.wandb.enabled:
-        from composer.loggers import WandBLogger
-
-        loggers.append(WandBLogger(project=config.wandb.project, entity=config.wandb.entity, name=config.run_name,
-                                   tags=config.wandb.tags, init_kwargs={"config": dataclasses.asdict(config),
-                                                                        "dir": str(save_folder)}))
     callbacks = [RunState(loader, config), MetricsFile(save_folder / "metrics.jsonl", config.model, data.mask_rate,
                                                        config.peak_flops, config.log_interval, total)]
     if config.parallelism == "fsdp2" and world > 1 and torch.distributed.get_backend() == "gloo":
@@ -152,7 +145,7 @@ def train(config: TrainConfig) -> Path:
         save_num_checkpoints_to_keep=config.checkpoint.keep, save_overwrite=not config.checkpoint.autoresume,
         autoresume=config.checkpoint.autoresume, load_path=config.checkpoint.load_path,
         load_weights_only=config.checkpoint.load_weights_only, run_name=config.run_name, seed=config.seed,
-        loggers=loggers, callbacks=callbacks, spin_dataloaders=False, progress_bar=False, log_to_console=False,
+        callbacks=callbacks, spin_dataloaders=False, progress_bar=False, log_to_console=False,
         compile_config={} if config.compile else None,
     )
     if dist.get_global_rank() == 0:
