@@ -202,3 +202,24 @@ def test_stableadamw_with_fsdp2_on_cpu_is_refused(tmp_path, sample_data):
     result = _train(config)
     assert result.returncode == 2
     assert "use optimizer.name=adamw with fsdp2, or parallelism=ddp" in result.stderr
+
+
+@pytest.mark.slow
+def test_new_phase_starts_from_weights_with_a_fresh_clock(tmp_path, sample_data):
+    from bertforge.train.export import load_checkpoint_model
+
+    first = _run_config(tmp_path, sample_data, "phase1", max_duration="8192tok")
+    assert _train(first).returncode == 0
+    start = tmp_path / "phase1" / "ep0-ba8-rank0.pt"
+    second = _run_config(tmp_path, sample_data, "phase2", max_duration="3072tok",
+                         checkpoint={"interval": "1ba", "load_path": str(start), "load_weights_only": True})
+    result = _train(second)
+    assert result.returncode == 0, result.stderr[-3000:]
+    phase1, phase2 = _metrics(tmp_path / "phase1"), _metrics(tmp_path / "phase2")
+    assert phase2[1]["tokens"] == 1024  # the token clock starts again
+    assert phase2[1]["loss"] < phase1[1]["loss"] - 0.5  # it starts from trained weights, not a fresh init
+    # Three steps after loading (warmup starts at LR 0), the weights moved from phase 1's by small updates only.
+    before = load_checkpoint_model(start).state_dict()
+    after = load_checkpoint_model(tmp_path / "phase2" / "ep0-ba3-rank0.pt").state_dict()
+    delta = max((after[k] - before[k]).abs().max().item() for k in before)
+    assert 0 < delta < 0.05
