@@ -33,6 +33,15 @@ def padded_batch(lengths: list[int], vocab: int, pad_id: int = 0, seed: int = 1)
     return ids.masked_fill(~mask, pad_id), mask
 
 
+def free_port() -> int:
+    """A loopback port no one listens on, for a test's own torch.distributed rendezvous."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def tiny_config(**overrides):
     from bertforge.model import ModernBertConfig
 

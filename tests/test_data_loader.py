@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import free_port
 
 from bertforge.data.loader import DataConfig, PackedMLMLoader, StreamConfig
 from bertforge.data.masking import mask_tokens
@@ -151,8 +152,6 @@ def _prepare_unique_docs(tmp_path, tokenizer, count: int) -> Path:
 
 def test_two_ranks_get_disjoint_data(tmp_path, sample_data):
     """Two real processes (a gloo world of 2): each rank's documents, together, are the dataset, once."""
-    import socket
-
     mds = _prepare_unique_docs(tmp_path, sample_data["tokenizer"], 1024)  # divides evenly: no padding samples
     script = tmp_path / "rank.py"
     script.write_text(
@@ -168,9 +167,7 @@ def test_two_ranks_get_disjoint_data(tmp_path, sample_data):
         "    docs += [ids[x:y] for x, y in zip(cu[:-1], cu[1:])]\n"
         "docs += [d.tolist() for d in loader.packer.state_dict()['docs']]\n"
         "json.dump([tok.decode(d[1:-1]) for d in docs], open(sys.argv[3], 'w'))\n")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     procs = []
     for rank in (0, 1):
         env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2",

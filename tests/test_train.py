@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import free_port
 
 from bertforge.schema import ConfigError
 from bertforge.train.config import load_train_config
@@ -159,14 +160,6 @@ def test_checkpoints_newer_than_latest_are_set_aside_not_deleted(tmp_path):
     assert (tmp_path / "ep0-ba4-rank0.pt").is_file()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_process_fsdp2_matches_ddp_and_exports(tmp_path, sample_data):
     """Two real ranks over gloo: FSDP2 (sharded) and DDP see the same data, so their losses must agree."""
@@ -179,7 +172,7 @@ def test_two_process_fsdp2_matches_ddp_and_exports(tmp_path, sample_data):
     for mode in ("ddp", "fsdp2"):
         config = _run_config(tmp_path, sample_data, mode, parallelism=mode, max_duration="8192tok",
                              optimizer={"name": "adamw", "lr": 2e-3})
-        result = subprocess.run([composer, "-n", "2", "--master_port", str(_free_port()), "-m", "bertforge.train",
+        result = subprocess.run([composer, "-n", "2", "--master_port", str(free_port()), "-m", "bertforge.train",
                                  str(config)], capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         losses[mode] = [row["loss"] for _, row in sorted(_metrics(tmp_path / mode).items())]

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from composer.core import Callback, State
 from composer.loggers import Logger
+from composer.utils import dist
 
 from bertforge.model.config import ModernBertConfig
 
@@ -87,14 +88,12 @@ class MetricsFile(Callback):
         batch_index = int(state.timestamp.batch)
         if batch_index % self.interval:
             return
-        import torch.distributed as dist
-
         # Wall-clock since the last record: data loading, step, callbacks and checkpoints, as a user sees it.
         now = time.time()
         elapsed, self._window_start = max(now - self._window_start, 1e-9), now
         grads = [p.grad for p in state.model.parameters() if p.grad is not None]
         grad_norm = math.sqrt(sum(float(g.detach().float().norm() ** 2) for g in grads)) if grads else 0.0
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        world = dist.get_world_size()
         tokens = int(state.timestamp.token)
         tokens_per_s = self._real / elapsed
         mean_doc = self._real / max(self._docs, 1)
@@ -112,7 +111,7 @@ class MetricsFile(Callback):
         logger.log_metrics({f"throughput/{k}": v for k, v in record.items()
                             if k in ("tokens_per_s", "tokens_per_s_per_device", "mfu", "packing_efficiency")
                             and v is not None} | {"train/grad_norm": grad_norm})
-        if world > 1 and dist.get_rank() != 0:
+        if dist.get_global_rank() != 0:
             return
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -123,9 +122,7 @@ class MetricsFile(Callback):
                   f"lr {record['lr']:.2e} {tokens_per_s * world:,.0f} tok/s ETA {eta / 60:.1f} min", flush=True)
 
     def fit_end(self, state: State, logger: Logger) -> None:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        if dist.get_global_rank() != 0:
             return
         plot_curves(self.path, self.path.with_name("curves.png"))
 

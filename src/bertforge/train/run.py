@@ -90,7 +90,7 @@ def train(config: TrainConfig) -> Path:
     from bertforge.train.optim import build_optimizer
     from bertforge.train.schedules import TokenScheduler
 
-    world = int(os.environ.get("WORLD_SIZE", 1))
+    world = dist.get_world_size()
     config.check_world(world)
     check_data_paths(config)
     check_tokenizer_fits(config)
