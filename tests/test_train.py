@@ -15,6 +15,7 @@ from helpers import free_port
 
 from bertforge.schema import ConfigError
 from bertforge.train.config import load_train_config
+from bertforge.train.schedules import ScheduleConfig, lr_multiplier
 
 BERTFORGE = str(Path(sys.executable).with_name("bertforge"))
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,6 +44,36 @@ def _metrics(folder: Path) -> dict[int, dict]:
     return {row["batch"]: row for row in rows}  # a resumed run rewrites batches after its checkpoint: keep the last
 
 
+def _wandb_runs(folder: Path) -> dict[str, tuple[dict, list[dict]]]:
+    """Every offline W&B run under ``folder``, read with wandb's own record reader: id -> (config, history).
+
+    An attempt that was SIGKILLed may have left its file empty or cut short; what it flushed is read."""
+    from wandb.proto import wandb_internal_pb2
+    from wandb.sdk.internal.datastore import DataStore
+
+    runs = {}
+    for path in sorted(folder.glob("wandb/offline-run-*/run-*.wandb")):
+        if path.stat().st_size == 0:
+            continue
+        store = DataStore()
+        store.open_for_scan(str(path))
+        config, history = {}, []
+        while (data := store.scan_data()) is not None:
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(data)
+            kind = record.WhichOneof("record_type")
+            if kind in ("run", "config"):  # the config given to wandb.init, then later updates
+                items = record.run.config.update if kind == "run" else record.config.update
+                config.update({item.key: json.loads(item.value_json) for item in items})
+            elif kind == "history":
+                history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                                for item in record.history.item})
+        run_id = path.stem.split("-", 1)[1]
+        previous = runs.get(run_id, ({}, []))
+        runs[run_id] = (previous[0] | config, previous[1] + history)
+    return runs
+
+
 def _train(config: Path, *extra: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([BERTFORGE, "train", str(config), *extra], capture_output=True, text=True,
                           timeout=600, **kwargs)
@@ -54,8 +85,9 @@ def test_quickstart_config_trains_end_to_end_and_exports(tmp_path, sample_data):
 
     from bertforge.train.export import load_checkpoint_model
 
-    config = _run_config(tmp_path, sample_data, "qs", export_dir=str(tmp_path / "hf"))
-    result = _train(config)
+    config = _run_config(tmp_path, sample_data, "qs", export_dir=str(tmp_path / "hf"),
+                         wandb={"enabled": True, "project": "bertforge-tests", "tags": ["ci"]})
+    result = _train(config, env=os.environ | {"WANDB_MODE": "offline"})
     assert result.returncode == 0, result.stderr[-3000:]
     folder = tmp_path / "qs"
     metrics = _metrics(folder)
@@ -65,6 +97,12 @@ def test_quickstart_config_trains_end_to_end_and_exports(tmp_path, sample_data):
         assert all(row[key] is not None for row in metrics.values()), key
     assert metrics[12]["tokens"] >= 12288
     assert metrics[12]["loss"] < metrics[1]["loss"] - 0.5
+    # Each step's LR is the schedule at the tokens seen before it: 0 for the first step only.
+    schedule = ScheduleConfig(name="wsd", warmup_tokens=2048, decay_tokens=4096, decay_shape="1-sqrt")
+    seen_before = [0] + [metrics[b]["tokens"] for b in range(1, 12)]
+    for batch, tokens in zip(range(1, 13), seen_before):
+        assert metrics[batch]["lr"] == pytest.approx(2e-3 * lr_multiplier(schedule, tokens, 12288), abs=1e-12)
+    assert metrics[1]["lr"] == 0 and metrics[2]["lr"] > 0
     assert (folder / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in folder.glob("ep*-ba*-rank0.pt")) == [
         "ep0-ba12-rank0.pt", "ep0-ba4-rank0.pt", "ep0-ba8-rank0.pt"]
@@ -75,6 +113,17 @@ def test_quickstart_config_trains_end_to_end_and_exports(tmp_path, sample_data):
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, hf(input_ids=ids).logits, atol=1e-4, rtol=0)
     assert (tmp_path / "hf" / "tokenizer.json").is_file()
+    # W&B (offline): one run holding the resolved config and every step's loss, LR and throughput.
+    runs = _wandb_runs(folder)
+    assert len(runs) == 1
+    (run_config, history), = runs.values()
+    assert run_config["run_name"] == "qs" and run_config["global_batch_size"] == 4
+    assert run_config["schedule"]["decay_shape"] == "1-sqrt" and run_config["wandb"]["tags"] == ["ci"]
+    logged = {int(row["time/batch"]): row for row in history if "loss/train/total" in row}
+    assert len(logged) == 12
+    for batch, row in metrics.items():
+        assert logged[batch - 1]["loss/train/total"] == pytest.approx(row["loss"], rel=1e-6)
+    assert any("throughput/tokens_per_s" in row and "train/lr" in row for row in history)
 
 
 @pytest.mark.slow
@@ -83,7 +132,7 @@ def test_killed_run_autoresumes_with_identical_losses(tmp_path, sample_data):
     assert _train(reference).returncode == 0
     expected = _metrics(tmp_path / "ref")
 
-    killed = _run_config(tmp_path, sample_data, "killed")
+    killed = _run_config(tmp_path, sample_data, "killed", wandb={"enabled": True})
     folder = tmp_path / "killed"
     proc = subprocess.Popen([BERTFORGE, "train", str(killed)], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -106,6 +155,11 @@ def test_killed_run_autoresumes_with_identical_losses(tmp_path, sample_data):
         assert abs(resumed[batch]["loss"] - expected[batch]["loss"]) <= 1e-6, batch
         assert resumed[batch]["tokens"] == expected[batch]["tokens"]
         assert resumed[batch]["lr"] == pytest.approx(expected[batch]["lr"], rel=1e-9)
+    # The restart logged to the same W&B run id (what the killed attempt had not flushed is lost).
+    attempts = sorted(folder.glob("wandb/offline-run-*"))
+    assert len(attempts) == 2 and len({path.name.rsplit("-", 1)[1] for path in attempts}) == 1
+    (_, history), = _wandb_runs(folder).values()
+    assert {int(row["time/batch"]) for row in history if "loss/train/total" in row} >= set(range(resumed_from, 12))
 
 
 def test_unknown_key_names_file_key_and_nearest(tmp_path, sample_data):
@@ -160,34 +214,115 @@ def test_checkpoints_newer_than_latest_are_set_aside_not_deleted(tmp_path):
     assert (tmp_path / "ep0-ba4-rank0.pt").is_file()
 
 
+def _train_ranks(config: Path, ranks: int, *overrides: str) -> subprocess.CompletedProcess:
+    composer = str(Path(sys.executable).with_name("composer"))
+    launch = [composer, "-n", str(ranks), "--master_port", str(free_port()), "-m", "bertforge.train"] if ranks > 1 \
+        else [BERTFORGE, "train"]
+    return subprocess.run([*launch, str(config), *overrides], capture_output=True, text=True, timeout=600)
+
+
 @pytest.mark.slow
-def test_two_process_fsdp2_matches_ddp_and_exports(tmp_path, sample_data):
-    """Two real ranks over gloo: FSDP2 (sharded) and DDP see the same data, so their losses must agree."""
+def test_one_process_ddp_and_fsdp2_give_the_same_losses(tmp_path, sample_data):
+    """Same global batch of 4 rows on one rank (two micro-batches of 2, accumulated), and on two real ranks over
+    gloo with DDP and with FSDP2 (sharded; two micro-batches of 1 each): with pack_across_ranks the batches do
+    not depend on the number of ranks, and the loss is the mean over the step's masked tokens, so the losses must
+    agree step by step. The sharded FSDP2 checkpoint then exports to a model transformers loads."""
     from transformers import AutoModelForMaskedLM
 
     from bertforge.train.export import load_checkpoint_model
 
-    composer = str(Path(sys.executable).with_name("composer"))
     losses = {}
-    for mode in ("ddp", "fsdp2"):
-        config = _run_config(tmp_path, sample_data, mode, parallelism=mode, max_duration="8192tok",
-                             optimizer={"name": "adamw", "lr": 2e-3})
-        result = subprocess.run([composer, "-n", "2", "--master_port", str(free_port()), "-m", "bertforge.train",
-                                 str(config)], capture_output=True, text=True, timeout=600)
+    for mode, ranks in (("single", 1), ("ddp", 2), ("fsdp2", 2)):
+        config = _run_config(tmp_path, sample_data, mode, parallelism="ddp" if mode == "single" else mode,
+                             max_duration="8192tok", optimizer={"name": "adamw", "lr": 2e-3})
+        result = _train_ranks(config, ranks, "data.pack_across_ranks=true", f"data.micro_batch_size={2 // ranks}")
         assert result.returncode == 0, result.stderr[-3000:]
         losses[mode] = [row["loss"] for _, row in sorted(_metrics(tmp_path / mode).items())]
-    assert len(losses["fsdp2"]) == 8 and losses["fsdp2"][-1] < losses["fsdp2"][0] - 0.5
-    assert losses["fsdp2"] == pytest.approx(losses["ddp"], abs=1e-4)
+    assert len(losses["single"]) == 8 and losses["single"][-1] < losses["single"][0] - 0.5
+    assert losses["ddp"] == pytest.approx(losses["single"], abs=2e-5)
+    assert losses["fsdp2"] == pytest.approx(losses["single"], abs=2e-5)
 
-    result = subprocess.run([BERTFORGE, "export", str(tmp_path / "fsdp2" / "ep0-ba8-rank0.pt"),
-                             str(tmp_path / "hf"), "--tokenizer", sample_data["tokenizer"]],
-                            capture_output=True, text=True, timeout=300)
+    sharded = tmp_path / "fsdp2" / "ep0-ba8"
+    assert sorted(p.name for p in sharded.iterdir()) == [".metadata", "__0_0.distcp", "__1_0.distcp"]
+    result = subprocess.run([BERTFORGE, "export", str(sharded), str(tmp_path / "hf"),
+                             "--tokenizer", sample_data["tokenizer"]], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     hf = AutoModelForMaskedLM.from_pretrained(tmp_path / "hf").eval()
-    ours = load_checkpoint_model(tmp_path / "fsdp2" / "ep0-ba8-rank0.pt").eval()
+    single = load_checkpoint_model(tmp_path / "single" / "ep0-ba8-rank0.pt").eval()
     ids = torch.randint(5, 2048, (2, 40))
     with torch.no_grad():
-        torch.testing.assert_close(ours(ids).logits, hf(input_ids=ids).logits, atol=1e-4, rtol=0)
+        torch.testing.assert_close(hf(input_ids=ids).logits, single(ids).logits, atol=1e-3, rtol=0)
+        torch.testing.assert_close(hf(input_ids=ids).logits, load_checkpoint_model(sharded)(ids).logits,
+                                   atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_sharded_fsdp2_checkpoint_resumes_each_ranks_data_exactly(tmp_path, sample_data):
+    """Two ranks, each packing its own share: resuming from a sharded checkpoint restores every rank's loader
+    state (not rank 0's twice), so the steps after it repeat the uninterrupted run's losses."""
+    config = _run_config(tmp_path, sample_data, "fsdp2", parallelism="fsdp2", max_duration="8192tok",
+                         optimizer={"name": "adamw", "lr": 2e-3})
+    folder = tmp_path / "fsdp2"
+    assert _train_ranks(config, 2).returncode == 0
+    expected = _metrics(folder)
+    # As if the run had died while writing its second checkpoint: latest still points at the first.
+    (folder / "latest-rank0.pt").unlink()
+    (folder / "latest-rank0.pt").symlink_to("ep0-ba4")
+    result = _train_ranks(config, 2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (folder / "incomplete" / "ep0-ba8").is_dir()
+    resumed = _metrics(folder)
+    for batch in range(5, 9):
+        assert resumed[batch]["tokens"] == expected[batch]["tokens"]
+        assert abs(resumed[batch]["loss"] - expected[batch]["loss"]) <= 1e-6, batch
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_like_the_eager_one(tmp_path, sample_data):
+    losses = {}
+    for name, compiled in (("eager", False), ("compiled", True)):
+        config = _run_config(tmp_path, sample_data, name, max_duration="4096tok", compile=compiled)
+        result = _train(config)
+        assert result.returncode == 0, result.stderr[-3000:]
+        losses[name] = [row["loss"] for _, row in sorted(_metrics(tmp_path / name).items())]
+    assert len(losses["compiled"]) == 4
+    # Before any update the two compute the same function; after it, fused kernels round differently.
+    assert losses["compiled"][:2] == pytest.approx(losses["eager"][:2], abs=1e-5)
+    assert losses["compiled"] == pytest.approx(losses["eager"], abs=5e-3)
+
+
+@pytest.mark.slow
+def test_batch_size_warmup_grows_the_step_and_resumes_where_it_was(tmp_path, sample_data):
+    from bertforge.data.batch_warmup import global_batch_at
+
+    config = _run_config(tmp_path, sample_data, "warm", max_duration="8192tok", global_batch_size=8,
+                         batch_warmup={"start": 2, "tokens": 4096}, checkpoint={"interval": "3ba", "keep": -1})
+    folder = tmp_path / "warm"
+    result = _train(config, "data.micro_batch_size=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = _metrics(folder)
+    slots, expected_rows = 0, []
+    for _ in metrics:
+        expected_rows.append(global_batch_at(slots, 2, 8, 4096, multiple_of=2))
+        slots += expected_rows[-1] * 256
+    assert [row["global_batch_rows"] for _, row in sorted(metrics.items())] == expected_rows
+    assert expected_rows[0] == 2 and expected_rows[-1] == 8 and len(set(expected_rows)) >= 3
+    # Resume from the checkpoint at batch 3, in the middle of the warmup: the same step sizes and losses follow.
+    (folder / "latest-rank0.pt").unlink()
+    (folder / "latest-rank0.pt").symlink_to("ep0-ba3-rank0.pt")
+    result = _train(config, "data.micro_batch_size=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = _metrics(folder)
+    for batch in range(4, len(metrics) + 1):
+        assert resumed[batch]["global_batch_rows"] == metrics[batch]["global_batch_rows"]
+        assert abs(resumed[batch]["loss"] - metrics[batch]["loss"]) <= 1e-6, batch
+
+
+def test_warmup_start_must_be_made_of_whole_micro_batches(tmp_path, sample_data):
+    config = _run_config(tmp_path, sample_data, "bad", global_batch_size=8, batch_warmup={"start": 3, "tokens": 100})
+    result = _train(config, "data.micro_batch_size=2")
+    assert result.returncode == 2
+    assert "'batch_warmup.start' (3) must be a multiple of ranks x data.micro_batch_size (1 x 2 = 2)" in result.stderr
 
 
 def test_stableadamw_with_fsdp2_on_cpu_is_refused(tmp_path, sample_data):

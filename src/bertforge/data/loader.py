@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from bertforge.data.masking import mask_tokens, random_token_pool
+from bertforge.data.masking import IGNORE_INDEX, mask_tokens, random_token_pool
 from bertforge.data.packing import BestFitPacker, PackedRows
 from bertforge.data.tokenizer import load_tokenizer, special_ids
 from bertforge.schema import ConfigError
@@ -42,8 +42,9 @@ class DataConfig:
     """Named sources of the mixture."""
     max_seq_len: int = 1024
     """Token slots per packed row."""
-    micro_batch_size: int = 8
-    """Rows per micro-batch."""
+    micro_batch_size: int = 0
+    """Rows per micro-batch on one rank; a training step accumulates global_batch_size / (ranks x this) of them.
+    0: a rank's whole share of the step in one micro-batch (no gradient accumulation)."""
     mask_rate: float = 0.3
     """Fraction of non-special tokens chosen for MLM prediction."""
     shuffle: bool = True
@@ -59,6 +60,11 @@ class DataConfig:
     num_canonical_nodes: int = 0
     """StreamingDataset's shuffle grain; 0 means streaming's default (64 per node). Keep it fixed across a run's
     restarts, or the sample order changes."""
+    pack_across_ranks: bool = False
+    """Every rank reads the whole stream, packs and masks the whole global batch and keeps its own rows, so the
+    batches (and the loss) are the same for any number of ranks and a run may resume on a different number. It
+    costs each rank the reading of all the data (world_size times the I/O), which is fine within a node or two;
+    beyond that keep it off and each rank reads and packs its own share."""
 
     def __post_init__(self) -> None:
         if not self.streams:
@@ -69,6 +75,8 @@ class DataConfig:
             raise ConfigError(f"give 'proportion' for every stream or for none; missing for: {', '.join(missing)}")
         if not 0.0 < self.mask_rate < 1.0:
             raise ConfigError(f"'mask_rate' must be in (0, 1), got {self.mask_rate}")
+        if self.micro_batch_size < 0:
+            raise ConfigError(f"'micro_batch_size' must be >= 0, got {self.micro_batch_size}")
         if self.max_seq_len < 8:
             raise ConfigError(f"'max_seq_len' must be at least 8, got {self.max_seq_len}")
 
@@ -86,6 +94,8 @@ class PackedBatch:
     """Real tokens in the micro-batch."""
     num_slots: int
     """rows x max_seq_len: what a padded batch would have cost."""
+    num_masked: int
+    """Positions with a label (the MLM loss is averaged over these across the whole step)."""
 
 
 def _collate_docs(samples: list[dict]) -> list[np.ndarray]:
@@ -103,6 +113,8 @@ class PackedMLMLoader:
     def __init__(self, config: DataConfig, *, vocab_size: int | None = None):
         from streaming import Stream, StreamingDataset
 
+        if config.micro_batch_size <= 0:
+            raise ConfigError("the loader needs micro_batch_size > 0 (rows per micro-batch on one rank)")
         self.config = config
         tokenizer = load_tokenizer(config.tokenizer)
         ids = special_ids(tokenizer)
@@ -113,14 +125,19 @@ class PackedMLMLoader:
         self.vocab_size = vocab_size or len(tokenizer)
         self.pool = random_token_pool(min(self.vocab_size, len(tokenizer)), excluded)
         self.rank, self.world_size = _dist_info()
+        # Ranks that read separate shares of the stream; with pack_across_ranks all read all of it.
+        self.readers = 1 if config.pack_across_ranks else self.world_size
         streams = [Stream(local=s.local, remote=s.remote, proportion=s.proportion, repeat=s.repeat)
                    for s in config.streams.values()]
         nodes = max(1, self.world_size // int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size)))
+        if config.pack_across_ranks:
+            nodes = 1
         self.dataset = StreamingDataset(streams=streams, shuffle=config.shuffle, shuffle_seed=config.seed,
                                         batch_size=config.doc_batch,
-                                        num_canonical_nodes=config.num_canonical_nodes or 64 * nodes)
+                                        num_canonical_nodes=config.num_canonical_nodes or 64 * nodes,
+                                        replication=self.world_size if config.pack_across_ranks else None)
         self.packer = BestFitPacker(config.max_seq_len, config.buffer_docs)
-        self.rng = np.random.default_rng([config.seed, self.rank])
+        self.rng = np.random.default_rng([config.seed] if config.pack_across_ranks else [config.seed, self.rank])
         self.epoch = 0
         self.sample_in_epoch = 0  # global (all ranks) samples consumed in this epoch, StreamingDataset's unit
         self._skip_docs = 0
@@ -138,7 +155,7 @@ class PackedMLMLoader:
                             collate_fn=_collate_docs)
         yield from self._drain()  # a restored buffer may already be full: pack it before reading more
         for docs in reader:
-            self.sample_in_epoch += len(docs) * self.world_size
+            self.sample_in_epoch += len(docs) * self.readers
             if self._skip_docs:
                 skip, self._skip_docs = min(self._skip_docs, len(docs)), max(self._skip_docs - len(docs), 0)
                 docs = docs[skip:]
@@ -149,18 +166,31 @@ class PackedMLMLoader:
         self.sample_in_epoch = 0
 
     def _drain(self) -> Iterator[PackedBatch]:
+        rows = self.config.micro_batch_size * (self.world_size // self.readers)
         while self.packer.full:
-            yield self._make_batch(self.packer.pack(self.config.micro_batch_size))
+            yield self._make_batch(self.packer.pack(rows))
 
     def _make_batch(self, packed: PackedRows) -> PackedBatch:
-        flat = np.concatenate(packed.documents)
-        inputs, labels = mask_tokens(flat, self.rng, self.config.mask_rate, self.mask_id, self.special, self.pool)
-        lengths = np.fromiter((d.shape[0] for d in packed.documents), dtype=np.int32, count=len(packed.documents))
+        lengths = np.fromiter((d.shape[0] for d in packed.documents), dtype=np.int64, count=len(packed.documents))
+        inputs, labels = mask_tokens(np.concatenate(packed.documents), self.rng, self.config.mask_rate,
+                                     self.mask_id, self.special, self.pool)
+        rows, docs = packed.rows, slice(None)
+        if self.readers == 1 and self.world_size > 1:  # the global batch: keep this rank's rows
+            rows = self.config.micro_batch_size
+            bounds = np.concatenate([[0], np.cumsum(packed.docs_per_row)])
+            first = min(self.rank * rows, packed.rows)
+            docs = slice(int(bounds[first]), int(bounds[min(first + rows, packed.rows)]))
+            rows = min(first + rows, packed.rows) - first
+            offsets = np.concatenate([[0], np.cumsum(lengths)])
+            tokens = slice(int(offsets[docs.start]), int(offsets[docs.stop]))
+            inputs, labels = inputs[tokens], labels[tokens]
+        lengths = lengths[docs].astype(np.int32)
         cu = np.zeros(lengths.shape[0] + 1, dtype=np.int32)
         np.cumsum(lengths, out=cu[1:])
         return PackedBatch(input_ids=torch.from_numpy(inputs), labels=torch.from_numpy(labels),
-                           cu_seqlens=torch.from_numpy(cu), max_seqlen=int(lengths.max()),
-                           num_tokens=int(flat.shape[0]), num_slots=packed.rows * packed.max_seq_len)
+                           cu_seqlens=torch.from_numpy(cu), max_seqlen=int(lengths.max(initial=0)),
+                           num_tokens=int(lengths.sum()), num_slots=rows * packed.max_seq_len,
+                           num_masked=int((labels != IGNORE_INDEX).sum()))
 
     # -- resumption -------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -168,10 +198,14 @@ class PackedMLMLoader:
                 "world_size": self.world_size, "packer": self.packer.state_dict(),
                 "rng": self.rng.bit_generator.state}
 
-    def load_state_dict(self, state: dict) -> None:
-        if state["world_size"] != self.world_size:
+    def load_state_dict(self, state: dict | list[dict]) -> None:
+        """Resume from this rank's state, or from the list of every rank's states that checkpoints hold."""
+        if isinstance(state, list):
+            state = state[0] if self.config.pack_across_ranks or len(state) != self.world_size else state[self.rank]
+        if not self.config.pack_across_ranks and state["world_size"] != self.world_size:
             raise ValueError(f"loader state was saved with {state['world_size']} ranks, resuming with "
-                             f"{self.world_size}; exact resumption needs the same number of ranks")
+                             f"{self.world_size}; exact resumption needs the same number of ranks, or "
+                             f"data.pack_across_ranks=true")
         self.epoch = state["epoch"]
         # Ranks consume documents at slightly different rates (packing is per rank), but StreamingDataset resumes
         # all ranks at one global position: resume at the slowest rank's position, and let faster ranks skip.
@@ -180,7 +214,7 @@ class PackedMLMLoader:
         if self.world_size > 1:
             torch.distributed.all_reduce(slowest, op=torch.distributed.ReduceOp.MIN)
         self.sample_in_epoch = int(slowest)
-        self._skip_docs = int(mine - slowest) // self.world_size
+        self._skip_docs = int(mine - slowest) // self.readers
         self._resume = {"epoch": self.epoch, "sample_in_epoch": self.sample_in_epoch, "shuffle_seed": self.config.seed,
                         "num_canonical_nodes": self.dataset.num_canonical_nodes, "initial_physical_nodes": None}
         self.packer.load_state_dict(state["packer"])

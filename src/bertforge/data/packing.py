@@ -20,6 +20,8 @@ class PackedRows:
     """The documents of every row, row after row; each row's documents sum to at most max_seq_len."""
     rows: int
     max_seq_len: int
+    docs_per_row: list[int]
+    """How many of ``documents`` each row holds, so the rows can be split between ranks."""
 
     @property
     def real_tokens(self) -> int:
@@ -58,14 +60,15 @@ class BestFitPacker:
 
     def pack(self, rows: int) -> PackedRows:
         """Fill ``rows`` rows from the buffer (fewer only when the buffer runs dry at the end of the data)."""
-        documents, made = [], 0
-        while made < rows and self._keys:
-            space = self.max_seq_len
+        documents, docs_per_row = [], []
+        while len(docs_per_row) < rows and self._keys:
+            space, first = self.max_seq_len, len(documents)
             while (doc := self._take_longest_fitting(space)) is not None:
                 documents.append(doc)
                 space -= doc.shape[0]
-            made += 1
-        return PackedRows(documents=documents, rows=made, max_seq_len=self.max_seq_len)
+            docs_per_row.append(len(documents) - first)
+        return PackedRows(documents=documents, rows=len(docs_per_row), max_seq_len=self.max_seq_len,
+                          docs_per_row=docs_per_row)
 
     def state_dict(self) -> dict:
         order = [arrival for _, arrival in self._keys]

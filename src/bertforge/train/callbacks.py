@@ -45,19 +45,24 @@ def device_peak_flops(configured: float | None) -> float | None:
 
 
 class RunState(Callback):
-    """Puts the packed loader's state (stream position, packer buffer, masking RNG) and the model config into
-    every checkpoint, so a resumed run continues the data exactly and any checkpoint exports on its own."""
+    """Puts the packed loader's state (stream position, packer buffer, masking RNG), the batch-warmup position and
+    the model config into every checkpoint, so a resumed run continues the data exactly and any checkpoint exports
+    on its own."""
 
-    def __init__(self, loader, config):
+    def __init__(self, loader, steps, config):
         self.loader = loader
+        self.steps = steps
         self.config = config
 
     def state_dict(self) -> dict:
-        return {"loader": self.loader.state_dict(), "model_config": dataclasses.asdict(self.config.model),
-                "run_name": self.config.run_name}
+        # Every rank's loader state, gathered: a monolithic checkpoint is written by rank 0 alone, and a sharded
+        # one keeps a single copy of non-tensor entries, yet each rank packs its own documents.
+        return {"loader": dist.all_gather_object(self.loader.state_dict()), "steps": self.steps.state_dict(),
+                "model_config": dataclasses.asdict(self.config.model), "run_name": self.config.run_name}
 
     def load_state_dict(self, state: dict) -> None:
         self.loader.load_state_dict(state["loader"])
+        self.steps.load_state_dict(state["steps"])
 
 
 class MetricsFile(Callback):
@@ -72,7 +77,7 @@ class MetricsFile(Callback):
         self.interval = interval
         self.total_tokens = total_tokens
         self._start = self._window_start = 0.0
-        self._real = self._slots = self._docs = 0
+        self._real = self._slots = self._docs = self._rows_before = 0
 
     def fit_start(self, state: State, logger: Logger) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,8 +86,9 @@ class MetricsFile(Callback):
     def before_train_batch(self, state: State, logger: Logger) -> None:
         batch = state.batch
         self._real += int(batch["num_tokens"])
+        self._rows_before = int(state.timestamp.sample)
         self._slots += int(batch["num_slots"])
-        self._docs += int(batch["cu_seqlens"].numel() - 1)
+        self._docs += int(batch["num_docs"])
 
     def batch_end(self, state: State, logger: Logger) -> None:
         batch_index = int(state.timestamp.batch)
@@ -100,9 +106,10 @@ class MetricsFile(Callback):
         flops = flops_per_token(self.model_config, mean_doc, self.mask_rate) * tokens_per_s
         acc = state.train_metric_values.get("MaskedAccuracy")
         record = {
-            "batch": batch_index, "tokens": tokens, "loss": float(state.loss),
+            "batch": batch_index, "tokens": tokens, "global_batch_rows": int(state.timestamp.sample) - self._rows_before,
+            "loss": state.total_loss_dict["loss/train/total"],
             "masked_accuracy": float(acc) if acc is not None else None,
-            "lr": state.schedulers[0].get_last_lr()[0], "grad_norm": grad_norm,
+            "lr": state.optimizers[0].param_groups[0]["lr"], "grad_norm": grad_norm,
             "tokens_per_s_per_device": tokens_per_s, "tokens_per_s": tokens_per_s * world,
             "mfu": flops / self.peak_flops if self.peak_flops else None,
             "packing_efficiency": self._real / max(self._slots, 1), "time": time.time() - self._start,
@@ -110,7 +117,7 @@ class MetricsFile(Callback):
         self._real = self._slots = self._docs = 0
         logger.log_metrics({f"throughput/{k}": v for k, v in record.items()
                             if k in ("tokens_per_s", "tokens_per_s_per_device", "mfu", "packing_efficiency")
-                            and v is not None} | {"train/grad_norm": grad_norm})
+                            and v is not None} | {"train/grad_norm": grad_norm, "train/lr": record["lr"]})
         if dist.get_global_rank() != 0:
             return
         with self.path.open("a") as fh:
@@ -163,7 +170,7 @@ class GlooFsdpGradientAverage(Callback):
     def __init__(self, world_size: int):
         self.world_size = world_size
 
-    def after_backward(self, state: State, logger: Logger) -> None:
+    def after_train_batch(self, state: State, logger: Logger) -> None:  # once per step, after all micro-batches
         for param in state.model.parameters():
             if param.grad is not None:
                 param.grad.div_(self.world_size)

@@ -17,6 +17,8 @@ from bertforge.paths import YAMLS_DIR
 from bertforge.schema import ConfigError, build
 from bertforge.train.optim import OptimizerConfig
 from bertforge.train.schedules import ScheduleConfig
+from bertforge.train.steps import BatchWarmupConfig
+from bertforge.train.wandb_logging import WandbConfig
 
 
 @dataclass
@@ -31,28 +33,35 @@ class CheckpointConfig:
     """Start from this checkpoint instead (a new phase); ignored when autoresume finds one."""
     load_weights_only: bool = False
     """With load_path: take the weights only, with a fresh optimizer, schedule and token clock."""
+    state_dict_type: Literal["sharded", "full"] = "sharded"
+    """fsdp2 only: 'sharded' writes a directory of per-rank shards (torch.distributed.checkpoint), 'full' one
+    monolithic .pt gathered on rank 0. DDP and single-process runs always write a monolithic .pt."""
 
 
 @dataclass
 class TrainConfig:
     run_name: str
-    """Name of the run (the default checkpoint folder name)."""
+    """Name of the run (W&B run name, the default checkpoint folder name)."""
     model: ModernBertConfig
     """The architecture (usually included from yamls/models/)."""
     data: DataConfig
-    """The packed MLM loader; its micro_batch_size is set from global_batch_size and the number of ranks."""
+    """The packed MLM loader: sources, sequence length, masking, micro-batch rows."""
     save_folder: str = ""
     """Checkpoints, metrics.jsonl and the loss curve go here; empty means runs/<run_name>."""
     max_duration: str = "10000000tok"
     """Length of the run in Composer time; 'tok' counts real (non-padding) tokens."""
     global_batch_size: int = 8
-    """Packed rows of data.max_seq_len per optimizer step, over all ranks."""
+    """Packed rows of data.max_seq_len per optimizer step, over all ranks (the target, after batch_warmup)."""
+    batch_warmup: BatchWarmupConfig = field(default_factory=BatchWarmupConfig)
+    """Grow the global batch from a smaller start (ModernBERT: 768 rows over 50B tokens)."""
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     """The optimizer."""
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     """The learning-rate schedule, in tokens."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Saving, resuming, and starting from another run."""
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    """Weights & Biases logging."""
     precision: Literal["auto", "fp32", "amp_bf16"] = "auto"
     """amp_bf16 on GPU and fp32 on CPU when 'auto'."""
     parallelism: Literal["ddp", "fsdp2"] = "ddp"
@@ -83,6 +92,22 @@ class TrainConfig:
         if self.global_batch_size % world_size:
             raise ConfigError(f"'global_batch_size' ({self.global_batch_size}) must be divisible by the number of "
                               f"ranks ({world_size}); use a multiple of {world_size}")
+        step = world_size * self.micro_batch_rows(world_size)
+        for key, rows in (("global_batch_size", self.global_batch_size), ("batch_warmup.start", self.batch_warmup.start)):
+            if rows % step:
+                raise ConfigError(f"'{key}' ({rows}) must be a multiple of ranks x data.micro_batch_size "
+                                  f"({world_size} x {self.micro_batch_rows(world_size)} = {step}); use "
+                                  f"{max(step, rows // step * step)} or change data.micro_batch_size")
+        if self.batch_warmup.start > self.global_batch_size:
+            raise ConfigError(f"'batch_warmup.start' ({self.batch_warmup.start}) is larger than 'global_batch_size' "
+                              f"({self.global_batch_size}); the warmup grows the batch towards it")
+
+    def micro_batch_rows(self, world_size: int) -> int:
+        """Rows of one micro-batch on one rank: data.micro_batch_size, or the rank's whole share when 0."""
+        if self.data.micro_batch_size == 0 and self.batch_warmup.start:
+            raise ConfigError("batch_warmup needs data.micro_batch_size > 0: steps of different sizes are made of "
+                              "whole micro-batches")
+        return self.data.micro_batch_size or self.global_batch_size // world_size
 
 
 def _load_with_includes(path: Path, seen: tuple[Path, ...] = ()) -> Any:

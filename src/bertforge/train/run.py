@@ -65,30 +65,21 @@ def set_aside_unfinished_checkpoints(save_folder: Path) -> list[Path]:
     return moved
 
 
-class ComposerBatches:
-    """The packed loader as Composer wants it: dict batches of tensors and plain numbers."""
-
-    def __init__(self, loader):
-        self.loader = loader
-
-    def __iter__(self):
-        for batch in self.loader:
-            yield {"input_ids": batch.input_ids, "labels": batch.labels, "cu_seqlens": batch.cu_seqlens,
-                   "max_seqlen": batch.max_seqlen, "num_tokens": batch.num_tokens, "num_slots": batch.num_slots}
-
-
 def train(config: TrainConfig) -> Path:
     import torch
-    from composer import DataSpec, Trainer
+    from composer import Trainer
     from composer.devices import DeviceCPU, DeviceGPU
     from composer.utils import dist, reproducibility
 
     from bertforge.data.loader import PackedMLMLoader
     from bertforge.model import ModernBertForMaskedLM
+    from bertforge.model.layers import EncoderLayer
     from bertforge.train.callbacks import GlooFsdpGradientAverage, MetricsFile, RunState
     from bertforge.train.composer_model import MLMComposerModel
     from bertforge.train.optim import build_optimizer
     from bertforge.train.schedules import TokenScheduler
+    from bertforge.train.steps import StepBatches, dataspec
+    from bertforge.train.wandb_logging import build_wandb_logger
 
     world = dist.get_world_size()
     config.check_world(world)
@@ -105,47 +96,50 @@ def train(config: TrainConfig) -> Path:
     device = DeviceGPU() if torch.cuda.is_available() else DeviceCPU()
     dist.initialize_dist(device)
     reproducibility.seed_all(config.seed)
-    rows = config.global_batch_size // world
-    data = dataclasses.replace(config.data, micro_batch_size=rows)
+    micro_rows = config.micro_batch_rows(world)
+    data = dataclasses.replace(config.data, micro_batch_size=micro_rows)
     loader = PackedMLMLoader(data, vocab_size=config.model.vocab_size)
+    steps = StepBatches(loader, config.global_batch_size, config.batch_warmup, world)
     model = ModernBertForMaskedLM(config.model)
     save_folder = Path(config.save_folder)
 
-    dataspec = DataSpec(ComposerBatches(loader), get_num_samples_in_batch=lambda b: b["num_slots"] // data.max_seq_len,
-                        get_num_tokens_in_batch=lambda b: b["num_tokens"], split_batch=lambda b, _: [b])
     precision = config.precision if config.precision != "auto" else ("amp_bf16" if device.name == "gpu" else "fp32")
-    if config.activation_checkpointing:
+    parallelism = None
+
+    def is_layer(module) -> bool:
+        return isinstance(module, EncoderLayer)
+
+    if config.parallelism == "fsdp2":
+        from composer.utils import FSDP2Config
+
+        # Composer shards each encoder layer, then the whole model (which keeps the tied embedding and decoder
+        # together), and recomputes the layers' activations when asked.
+        model.fsdp_wrap_fn = model.activation_checkpointing_fn = is_layer
+        parallelism = {"fsdp": FSDP2Config(state_dict_type=config.checkpoint.state_dict_type,
+                                           activation_checkpointing=config.activation_checkpointing)}
+    elif config.activation_checkpointing:
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
 
-        from bertforge.model.layers import EncoderLayer
-
-        apply_activation_checkpointing(model, check_fn=lambda module: isinstance(module, EncoderLayer))
-    if config.parallelism == "fsdp2":
-        from torch.distributed.fsdp import fully_shard
-
-        # We shard ourselves, each encoder layer then the root (which keeps the tied embedding and decoder
-        # together), before the optimizer exists so that it holds the sharded parameters. Handing Composer an
-        # FSDP2Config instead left the optimizer on the unsharded originals: the loss did not move.
-        for layer in model.model.layers:
-            fully_shard(layer)
-        fully_shard(model)
-    callbacks = [RunState(loader, config), MetricsFile(save_folder / "metrics.jsonl", config.model, data.mask_rate,
-                                                       config.peak_flops, config.log_interval, total)]
+        apply_activation_checkpointing(model, check_fn=is_layer)
+    callbacks = [TokenScheduler(config.schedule, total or 0, config.optimizer.lr), RunState(loader, steps, config),
+                 MetricsFile(save_folder / "metrics.jsonl", config.model, data.mask_rate, config.peak_flops,
+                             config.log_interval, total)]
     if config.parallelism == "fsdp2" and world > 1 and torch.distributed.get_backend() == "gloo":
         callbacks.insert(0, GlooFsdpGradientAverage(world))
     if config.checkpoint.autoresume and dist.get_local_rank() == 0:
         for path in set_aside_unfinished_checkpoints(save_folder):
             print(f"moved {path.name}, newer than the last complete checkpoint, to {path.parent}", flush=True)
+    loggers = [build_wandb_logger(config, save_folder, dist.get_global_rank() == 0)] if config.wandb.enabled else []
     trainer = Trainer(
-        model=MLMComposerModel(model), train_dataloader=dataspec, max_duration=config.max_duration,
+        model=MLMComposerModel(model), train_dataloader=dataspec(steps), max_duration=config.max_duration,
         optimizers=build_optimizer(model, config.optimizer),
-        schedulers=TokenScheduler(config.schedule, total or 0), step_schedulers_every_batch=True,
-        device=device, precision=precision, device_train_microbatch_size=rows,
+        device=device, precision=precision, device_train_microbatch_size=micro_rows,
+        accumulate_train_batch_on_tokens=True,
         save_folder=str(save_folder), save_interval=config.checkpoint.interval,
         save_num_checkpoints_to_keep=config.checkpoint.keep, save_overwrite=not config.checkpoint.autoresume,
         autoresume=config.checkpoint.autoresume, load_path=config.checkpoint.load_path,
         load_weights_only=config.checkpoint.load_weights_only, run_name=config.run_name, seed=config.seed,
-        callbacks=callbacks, spin_dataloaders=False, progress_bar=False, log_to_console=False,
+        parallelism_config=parallelism, loggers=loggers, callbacks=callbacks, spin_dataloaders=False, progress_bar=False, log_to_console=False,
         compile_config={} if config.compile else None,
     )
     if dist.get_global_rank() == 0:

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from composer.core import Callback
+
 from bertforge.schema import ConfigError
 
 ScheduleName = Literal["wsd", "constant", "cosine"]
@@ -57,12 +59,25 @@ def lr_multiplier(config: ScheduleConfig, tokens: int, total_tokens: int) -> flo
     return floor + (1 - floor) * _decay(min((tokens - decay_start) / config.decay_tokens, 1.0), config.decay_shape)
 
 
-class TokenScheduler:
-    """A Composer scheduler (a callable of the trainer state) driven by the real-token clock."""
+class TokenScheduler(Callback):
+    """Sets the learning rate before every batch from the real tokens seen so far.
 
-    def __init__(self, config: ScheduleConfig, total_tokens: int):
+    A Composer scheduler would lag: Composer steps its schedulers before it advances the token clock, so the
+    multiplier it computes after batch k still sees the tokens before batch k (two steps at LR 0 in warmup).
+    At batch start the clock already counts every finished step, and a resumed run restores the clock, so the LR
+    is a pure function of the checkpointed token count.
+    """
+
+    def __init__(self, config: ScheduleConfig, total_tokens: int, peak_lr: float):
         self.config = config
         self.total_tokens = total_tokens
+        self.peak_lr = peak_lr
 
-    def __call__(self, state, ssr: float = 1.0) -> float:
-        return lr_multiplier(self.config, int(state.timestamp.token), self.total_tokens)
+    def lr_at(self, tokens: int) -> float:
+        return self.peak_lr * lr_multiplier(self.config, tokens, self.total_tokens)
+
+    def batch_start(self, state, logger) -> None:
+        lr = self.lr_at(int(state.timestamp.token))
+        for optimizer in state.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = lr

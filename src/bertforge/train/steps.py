@@ -1,0 +1,75 @@
+"""Training steps from the packed loader: each step gathers as many micro-batches as the (warming-up) global batch
+needs, and tells Composer how to weigh them so that the loss is the mean over the step's masked tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from bertforge.data.batch_warmup import global_batch_at
+from bertforge.schema import ConfigError
+
+
+@dataclass
+class BatchWarmupConfig:
+    start: int = 0
+    """Global batch (rows) at the first step; 0 disables the warmup."""
+    tokens: int = 0
+    """The batch grows linearly to global_batch_size over this many tokens (counted as rows x max_seq_len)."""
+
+    def __post_init__(self) -> None:
+        if self.start < 0 or self.tokens < 0:
+            raise ConfigError("'batch_warmup.start' and 'batch_warmup.tokens' must be >= 0")
+
+
+class StepBatches:
+    """Micro-batches of the loader grouped into steps, as Composer wants them (dicts of tensors and numbers).
+
+    Its one piece of state, the slots stepped through so far, rides in checkpoints with the loader's, so a
+    resumed run continues the batch-size warmup where it was.
+    """
+
+    def __init__(self, loader, global_batch_size: int, warmup: BatchWarmupConfig, world_size: int):
+        self.loader = loader
+        self.target = global_batch_size
+        self.warmup = warmup
+        self.per_micro = loader.config.micro_batch_size * world_size  # global rows in one micro-batch step
+        self.max_seq_len = loader.config.max_seq_len
+        self.slots = 0
+
+    def rows_at(self, slots: int) -> int:
+        """Global rows of the step that starts after ``slots`` row slots."""
+        return global_batch_at(slots, self.warmup.start or self.target, self.target, self.warmup.tokens,
+                               self.per_micro)
+
+    def __iter__(self) -> Iterator[dict]:
+        micro_batches = []
+        for batch in self.loader:
+            micro_batches.append({
+                "input_ids": batch.input_ids, "labels": batch.labels, "cu_seqlens": batch.cu_seqlens,
+                "max_seqlen": batch.max_seqlen, "num_tokens": batch.num_tokens, "num_slots": batch.num_slots,
+                "num_masked": batch.num_masked})
+            rows = self.rows_at(self.slots)
+            if len(micro_batches) * self.per_micro < rows:
+                continue
+            self.slots += rows * self.max_seq_len
+            yield {"micro_batches": micro_batches,
+                   **{key: sum(m[key] for m in micro_batches) for key in ("num_tokens", "num_slots", "num_masked")},
+                   "num_docs": sum(m["cu_seqlens"].numel() - 1 for m in micro_batches)}
+            micro_batches = []
+
+    def state_dict(self) -> dict:
+        return {"slots": self.slots}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.slots = state["slots"]
+
+
+def dataspec(steps: StepBatches):
+    """Composer's DataSpec: durations in 'tok' count real tokens; micro-batches are weighed by their masked tokens
+    (accumulate_train_batch_on_tokens), which across micro-batches and ranks makes the loss the global mean."""
+    from composer import DataSpec
+
+    return DataSpec(steps, get_num_samples_in_batch=lambda b: b["num_slots"] // steps.max_seq_len,
+                    get_num_tokens_in_batch=lambda b: {"total": b["num_tokens"], "loss_generating": b["num_masked"]},
+                    split_batch=lambda b, _: b["micro_batches"])
