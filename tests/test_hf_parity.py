@@ -61,3 +61,24 @@ def test_round_trip_is_exact(tmp_path):
     for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items()):
         assert torch.equal(a, b), name
     assert first.config == second.config
+
+
+@pytest.mark.slow
+def test_compiled_model_still_matches_transformers(tmp_path):
+    """`compile: true` must not change the numbers: the torch.compile'd packed and padded paths against
+    transformers (eager), logits and loss, with gradients flowing through the compiled graph."""
+    hf = hf_reference_model(**CONFIGS[2])
+    hf.save_pretrained(tmp_path)
+    ours = ModernBertForMaskedLM.from_pretrained(tmp_path).eval()
+    compiled = torch.compile(ours)
+    ids, mask = padded_batch(LENGTHS, CONFIGS[2]["vocab"])
+    with torch.no_grad():
+        theirs = hf(input_ids=ids, attention_mask=mask).logits
+        torch.testing.assert_close(compiled(ids, attention_mask=mask).logits[mask], theirs[mask], atol=1e-4, rtol=0)
+    flat = ids[mask]
+    cu = torch.tensor([0, *torch.tensor(LENGTHS).cumsum(0).tolist()], dtype=torch.int32)
+    labels = flat.clone()
+    out = compiled(flat, cu_seqlens=cu, max_seqlen=max(LENGTHS), labels=labels)
+    torch.testing.assert_close(out.logits, theirs[mask], atol=1e-4, rtol=0)
+    out.loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in ours.parameters() if p.requires_grad)

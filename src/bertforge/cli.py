@@ -56,6 +56,15 @@ def _train(args: argparse.Namespace) -> None:
     print(f"run finished; checkpoints and metrics in {train(config)}")
 
 
+def _plan(args: argparse.Namespace) -> None:
+    from bertforge.train.plan import draw_plan, format_plan, plan_chain, plan_json
+
+    plans = plan_chain(args.config, args.ranks, args.overrides, args.tokens_per_sec)
+    print(plan_json(plans) if args.json else format_plan(plans))
+    if args.png:
+        draw_plan(plans, args.png, args.ranks)
+
+
 def _export(args: argparse.Namespace) -> None:
     from bertforge.train.export import export_checkpoint
 
@@ -117,8 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     train.set_defaults(func=_train)
 
+    plan = commands.add_parser("plan", help="tokens, steps, batch, LR milestones, checkpoints and time of a phase "
+                                            "and the phases before it, without training")
+    plan.add_argument("config", help="run config YAML of a phase (its predecessors are followed via phase.after)")
+    plan.add_argument("overrides", nargs="*", help="key=value overrides of that phase")
+    plan.add_argument("--ranks", type=int, default=8, help="data-parallel ranks the run will use (default 8)")
+    plan.add_argument("--tokens-per-sec", type=float, help="throughput for the time estimate (default: the last "
+                                                           "run's measured figure in its save_folder)")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+    plan.add_argument("--png", help="draw LR and batch size against tokens into this PNG")
+    plan.set_defaults(func=_plan)
+
     export = commands.add_parser("export", help="export a checkpoint to a HuggingFace directory")
-    export.add_argument("checkpoint", help="a Composer checkpoint .pt file written by bertforge train")
+    export.add_argument("checkpoint", help="a checkpoint written by bertforge train (.pt, or a sharded directory)")
     export.add_argument("out", help="output directory")
     export.add_argument("--tokenizer", help="tokenizer to save beside the model")
     export.set_defaults(func=_export)

@@ -16,6 +16,7 @@ from bertforge.model.config import ModernBertConfig
 from bertforge.paths import YAMLS_DIR
 from bertforge.schema import ConfigError, build
 from bertforge.train.optim import OptimizerConfig
+from bertforge.train.phases import PhaseConfig, predecessor_path
 from bertforge.train.schedules import ScheduleConfig
 from bertforge.train.steps import BatchWarmupConfig
 from bertforge.train.wandb_logging import WandbConfig
@@ -60,6 +61,17 @@ class TrainConfig:
     """The learning-rate schedule, in tokens."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Saving, resuming, and starting from another run."""
+    phase: PhaseConfig = field(default_factory=PhaseConfig)
+    """Chaining: the phase this run follows, and what it takes from it."""
+    init_from: str | None = None
+    """A HuggingFace ModernBERT directory to take the initial weights from (continued pretraining); its
+    architecture must equal `model` (RoPE thetas and max_position_embeddings may differ)."""
+    init_tile: bool = False
+    """With init_from: the directory holds a smaller ModernBERT (same vocabulary), whose weights are tiled into
+    this model's larger shapes (how ModernBERT-large started from base)."""
+    paths: dict[str, str] = field(default_factory=dict)
+    """Named locations for ${paths.NAME} interpolation elsewhere in the config (data roots, tokenizer), so a
+    recipe's paths are set in one place."""
     wandb: WandbConfig = field(default_factory=WandbConfig)
     """Weights & Biases logging."""
     precision: Literal["auto", "fp32", "amp_bf16"] = "auto"
@@ -143,7 +155,10 @@ def load_train_config(path: str | Path, overrides: list[str] | None = None) -> T
         resolved = OmegaConf.to_container(conf, resolve=True)
     except Exception as err:  # an interpolation naming a missing key
         raise ConfigError(f"{path}: {err}") from None
-    return build(TrainConfig, resolved, source=str(path))
+    config = build(TrainConfig, resolved, source=str(path))
+    if config.phase.after:  # made absolute, so the run and `plan` find it from anywhere
+        config.phase.after = str(predecessor_path(config.phase.after, path).resolve())
+    return config
 
 
 def resolved_yaml(config: TrainConfig) -> str:

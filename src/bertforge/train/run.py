@@ -77,6 +77,7 @@ def train(config: TrainConfig) -> Path:
     from bertforge.train.callbacks import GlooFsdpGradientAverage, MetricsFile, RunState
     from bertforge.train.composer_model import MLMComposerModel
     from bertforge.train.optim import build_optimizer
+    from bertforge.train.phases import FRESH_STATE_KEYS, start_after_predecessor
     from bertforge.train.schedules import TokenScheduler
     from bertforge.train.steps import StepBatches, dataspec
     from bertforge.train.wandb_logging import build_wandb_logger
@@ -101,6 +102,22 @@ def train(config: TrainConfig) -> Path:
     loader = PackedMLMLoader(data, vocab_size=config.model.vocab_size)
     steps = StepBatches(loader, config.global_batch_size, config.batch_warmup, world)
     model = ModernBertForMaskedLM(config.model)
+    if config.init_from:
+        from bertforge.model.hf_io import load_state_dict_checked, read_state_dict
+
+        weights = read_state_dict(Path(config.init_from))
+        if config.init_tile:
+            import json
+
+            from bertforge.model.tiling import tile_state_dict
+
+            small_layers = json.loads((Path(config.init_from) / "config.json").read_text())["num_hidden_layers"]
+            weights = tile_state_dict(weights, small_layers, model.state_dict(), config.model.num_hidden_layers,
+                                      source=config.init_from)
+        load_state_dict_checked(model, weights, source=config.init_from)
+    lineage = start_after_predecessor(config)
+    if config.init_from:
+        lineage["init_from"] = config.init_from
     save_folder = Path(config.save_folder)
 
     precision = config.precision if config.precision != "auto" else ("amp_bf16" if device.name == "gpu" else "fp32")
@@ -121,7 +138,7 @@ def train(config: TrainConfig) -> Path:
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
 
         apply_activation_checkpointing(model, check_fn=is_layer)
-    callbacks = [TokenScheduler(config.schedule, total or 0, config.optimizer.lr), RunState(loader, steps, config),
+    callbacks = [TokenScheduler(config.schedule, total or 0, config.optimizer.lr), RunState(loader, steps, config, lineage),
                  MetricsFile(save_folder / "metrics.jsonl", config.model, data.mask_rate, config.peak_flops,
                              config.log_interval, total)]
     if config.parallelism == "fsdp2" and world > 1 and torch.distributed.get_backend() == "gloo":
@@ -129,7 +146,8 @@ def train(config: TrainConfig) -> Path:
     if config.checkpoint.autoresume and dist.get_local_rank() == 0:
         for path in set_aside_unfinished_checkpoints(save_folder):
             print(f"moved {path.name}, newer than the last complete checkpoint, to {path.parent}", flush=True)
-    loggers = [build_wandb_logger(config, save_folder, dist.get_global_rank() == 0)] if config.wandb.enabled else []
+    loggers = [build_wandb_logger(config, save_folder, dist.get_global_rank() == 0, lineage)] \
+        if config.wandb.enabled else []
     trainer = Trainer(
         model=MLMComposerModel(model), train_dataloader=dataspec(steps), max_duration=config.max_duration,
         optimizers=build_optimizer(model, config.optimizer),
@@ -138,7 +156,9 @@ def train(config: TrainConfig) -> Path:
         save_folder=str(save_folder), save_interval=config.checkpoint.interval,
         save_num_checkpoints_to_keep=config.checkpoint.keep, save_overwrite=not config.checkpoint.autoresume,
         autoresume=config.checkpoint.autoresume, load_path=config.checkpoint.load_path,
-        load_weights_only=config.checkpoint.load_weights_only, run_name=config.run_name, seed=config.seed,
+        load_weights_only=config.checkpoint.load_weights_only,
+        load_ignore_keys=FRESH_STATE_KEYS if config.phase.after and config.phase.load != "weights" else None,
+        run_name=config.run_name, seed=config.seed,
         parallelism_config=parallelism, loggers=loggers, callbacks=callbacks, spin_dataloaders=False, progress_bar=False, log_to_console=False,
         compile_config={} if config.compile else None,
     )

@@ -22,6 +22,11 @@ class BatchWarmupConfig:
             raise ConfigError("'batch_warmup.start' and 'batch_warmup.tokens' must be >= 0")
 
 
+def step_rows(slots: int, warmup: BatchWarmupConfig, target: int, per_micro: int) -> int:
+    """Global rows of the step that starts after ``slots`` row slots (rows x max_seq_len) of the run."""
+    return global_batch_at(slots, warmup.start or target, target, warmup.tokens, per_micro)
+
+
 class StepBatches:
     """Micro-batches of the loader grouped into steps, as Composer wants them (dicts of tensors and numbers).
 
@@ -37,11 +42,6 @@ class StepBatches:
         self.max_seq_len = loader.config.max_seq_len
         self.slots = 0
 
-    def rows_at(self, slots: int) -> int:
-        """Global rows of the step that starts after ``slots`` row slots."""
-        return global_batch_at(slots, self.warmup.start or self.target, self.target, self.warmup.tokens,
-                               self.per_micro)
-
     def __iter__(self) -> Iterator[dict]:
         micro_batches = []
         for batch in self.loader:
@@ -49,7 +49,7 @@ class StepBatches:
                 "input_ids": batch.input_ids, "labels": batch.labels, "cu_seqlens": batch.cu_seqlens,
                 "max_seqlen": batch.max_seqlen, "num_tokens": batch.num_tokens, "num_slots": batch.num_slots,
                 "num_masked": batch.num_masked})
-            rows = self.rows_at(self.slots)
+            rows = step_rows(self.slots, self.warmup, self.target, self.per_micro)
             if len(micro_batches) * self.per_micro < rows:
                 continue
             self.slots += rows * self.max_seq_len

@@ -40,9 +40,9 @@ def run_id(config: WandbConfig, save_folder: Path) -> str:
     return chosen
 
 
-def build_wandb_logger(train_config, save_folder: Path, rank_zero: bool):
+def build_wandb_logger(train_config, save_folder: Path, rank_zero: bool, lineage: dict):
     """Composer's WandBLogger (logging from rank 0 only, but built on every rank: its init is a collective), with
-    the run's W&B id and the resolved config as the run config.
+    the run's W&B id, and the resolved config plus the phase lineage as the run config.
 
     Composer asks every logger for the latest checkpoint when autoresume finds none locally. We never upload
     checkpoints to W&B, and the W&B API call it makes needs a network even in offline mode, so the answer is
@@ -59,7 +59,7 @@ def build_wandb_logger(train_config, save_folder: Path, rank_zero: bool):
     init_kwargs = {}
     if rank_zero:
         save_folder.mkdir(parents=True, exist_ok=True)
-        init_kwargs = {"config": dataclasses.asdict(train_config), "dir": str(save_folder),
+        init_kwargs = {"config": dataclasses.asdict(train_config) | {"lineage": lineage}, "dir": str(save_folder),
                        "id": run_id(config, save_folder), "resume": "allow"}
     return LocalCheckpointsWandBLogger(
         project=config.project, entity=config.entity, group=config.group, name=train_config.run_name,

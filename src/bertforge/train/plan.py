@@ -1,0 +1,181 @@
+"""`bertforge plan`: what a phase (or a chain of phases) will do, without training: tokens, steps, the batch through
+its warmup, the LR at each milestone, the checkpoints, and the time at a given throughput.
+
+It uses the trainer's own rules (the LR callback's ``lr_at`` and the step grouping's ``step_rows``), so the plan
+and the run cannot disagree. Steps assume full rows (packing is above 99.9% full), which is what the batch-size
+warmup counts too. Warmup steps are walked one by one (a few tens of thousands at most), the stable rest is
+arithmetic, so a 2-trillion-token plan takes milliseconds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bertforge.schema import ConfigError
+from bertforge.train.schedules import TokenScheduler
+from bertforge.train.steps import step_rows
+
+
+@dataclass
+class Milestone:
+    name: str
+    tokens: int
+    """Tokens into this phase."""
+    step: int
+    """Steps finished when the phase reaches these tokens."""
+    lr: float
+    global_batch_rows: int
+
+
+@dataclass
+class PhasePlan:
+    run_name: str
+    config: str
+    tokens: int
+    tokens_before: int
+    """Tokens of the earlier phases of the chain."""
+    steps: int
+    max_seq_len: int
+    global_batch_rows: int
+    micro_batches_per_step: int
+    checkpoints: int
+    checkpoint_folder: str
+    starts_from: str
+    tokens_per_s: float | None
+    hours: float | None
+    milestones: list[Milestone] = field(default_factory=list)
+
+
+def _tokens(config) -> int:
+    if not config.max_duration.endswith("tok"):
+        raise ConfigError(f"plan needs max_duration in tokens (e.g. '1719000000000tok'), got {config.max_duration!r}")
+    return int(config.max_duration[:-3])
+
+
+class StepClock:
+    """Tokens after each step of a phase: walked step by step through the batch warmup, then arithmetic."""
+
+    def __init__(self, config, ranks: int):
+        self.seq = config.data.max_seq_len
+        self.target = config.global_batch_size
+        self.warmup = config.batch_warmup
+        self.per_micro = ranks * config.micro_batch_rows(ranks)
+        self.boundaries = [0]  # tokens after step k, through the warmup
+        while self.warmup.start and self.boundaries[-1] < self.warmup.tokens:
+            self.boundaries.append(self.boundaries[-1] + self.rows(self.boundaries[-1]) * self.seq)
+
+    def rows(self, tokens: int) -> int:
+        return step_rows(tokens, self.warmup, self.target, self.per_micro)
+
+    def steps_to(self, tokens: int) -> int:
+        """Steps finished once ``tokens`` are reached (the step that crosses them included)."""
+        if tokens <= self.boundaries[-1]:
+            return next(k for k, t in enumerate(self.boundaries) if t >= tokens)
+        after = tokens - self.boundaries[-1]
+        return len(self.boundaries) - 1 + math.ceil(after / (self.target * self.seq))
+
+
+def measured_tokens_per_s(save_folder: str) -> float | None:
+    """The median wall-clock tokens/s of the last logged steps of an earlier run in this folder, if any."""
+    metrics = Path(save_folder) / "metrics.jsonl"
+    if not metrics.is_file():
+        return None
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    rates = [r["tokens_per_s"] for r in rows[-20:] if r.get("tokens_per_s")]
+    return statistics.median(rates) if rates else None
+
+
+def _checkpoints(interval: str, steps: int, tokens: int) -> int:
+    every = int(interval[:-2]) if interval.endswith("ba") else int(interval[:-3]) if interval.endswith("tok") else 0
+    done = steps if interval.endswith("ba") else tokens
+    regular = done // every if every else 0
+    return regular + (0 if every and done % every == 0 else 1)  # and one at the end
+
+
+def plan_phase(path: Path, config, ranks: int, tokens_before: int, tokens_per_s: float | None) -> PhasePlan:
+    total = _tokens(config)
+    clock = StepClock(config, ranks)
+    lr = TokenScheduler(config.schedule, total, config.optimizer.lr)
+    points = {"start": 0, "end": total}
+    if config.schedule.warmup_tokens:
+        points["lr warmup done"] = config.schedule.warmup_tokens
+    if config.batch_warmup.start:
+        points["batch warmup done"] = config.batch_warmup.tokens
+    if config.schedule.name == "wsd" and config.schedule.decay_tokens:
+        points["decay starts"] = total - config.schedule.decay_tokens
+    milestones = [Milestone(name, tokens, clock.steps_to(tokens), lr.lr_at(tokens), clock.rows(tokens))
+                  for name, tokens in sorted(points.items(), key=lambda item: item[1]) if tokens <= total]
+    steps = clock.steps_to(total)
+    rate = tokens_per_s or measured_tokens_per_s(config.save_folder)
+    start = config.phase.after and f"weights{' and optimizer' if config.phase.load != 'weights' else ''} of " \
+        f"{config.phase.after}" or config.init_from or config.checkpoint.load_path or "a fresh initialisation"
+    return PhasePlan(
+        run_name=config.run_name, config=str(path), tokens=total, tokens_before=tokens_before, steps=steps,
+        max_seq_len=config.data.max_seq_len, global_batch_rows=config.global_batch_size,
+        micro_batches_per_step=config.global_batch_size // clock.per_micro,
+        checkpoints=_checkpoints(config.checkpoint.interval, steps, total), checkpoint_folder=config.save_folder,
+        starts_from=start, tokens_per_s=rate, hours=total / rate / 3600 if rate else None, milestones=milestones)
+
+
+def plan_chain(path: str | Path, ranks: int, overrides: list[str] | None = None,
+               tokens_per_s: float | None = None) -> list[PhasePlan]:
+    from bertforge.train.phases import load_chain
+
+    plans, before = [], 0
+    for phase_path, config in load_chain(path, overrides):
+        plans.append(plan_phase(phase_path, config, ranks, before, tokens_per_s))
+        before += plans[-1].tokens
+    return plans
+
+
+def format_plan(plans: list[PhasePlan]) -> str:
+    lines = []
+    for p in plans:
+        hours = f"{p.hours:,.1f} h at {p.tokens_per_s:,.0f} tok/s" if p.hours else "time: pass --tokens-per-sec"
+        lines += [f"{p.run_name} ({p.config})",
+                  f"  {p.tokens:,} tokens (chain total after it: {p.tokens_before + p.tokens:,}), {p.steps:,} steps "
+                  f"of up to {p.global_batch_rows} x {p.max_seq_len} ({p.micro_batches_per_step} micro-batches), "
+                  f"{hours}",
+                  f"  starts from {p.starts_from}; {p.checkpoints} checkpoints in {p.checkpoint_folder}",
+                  f"  {'milestone':18} {'tokens':>18} {'step':>10} {'LR':>10} {'batch':>6}"]
+        lines += [f"  {m.name:18} {m.tokens:>18,} {m.step:>10,} {m.lr:>10.3e} {m.global_batch_rows:>6}"
+                  for m in p.milestones]
+    return "\n".join(lines)
+
+
+def plan_json(plans: list[PhasePlan]) -> str:
+    return json.dumps([asdict(p) for p in plans], indent=1)
+
+
+def draw_plan(plans: list[PhasePlan], path: str | Path, ranks: int) -> None:
+    """LR and global batch against the chain's tokens."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bertforge.atomic import atomic_path
+    from bertforge.train.phases import load_chain
+
+    fig, (ax_lr, ax_batch) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    configs = dict(load_chain(plans[-1].config))
+    for p in plans:
+        config = configs[Path(p.config)]
+        clock, lr = StepClock(config, ranks), TokenScheduler(config.schedule, p.tokens, config.optimizer.lr)
+        xs = [p.tokens * i // 400 for i in range(401)]
+        ax_lr.plot([(p.tokens_before + x) / 1e9 for x in xs], [lr.lr_at(x) for x in xs], label=p.run_name)
+        ax_batch.plot([(p.tokens_before + x) / 1e9 for x in xs], [clock.rows(x) for x in xs], label=p.run_name)
+    ax_lr.set_ylabel("learning rate")
+    ax_batch.set_ylabel("global batch (rows)")
+    ax_batch.set_xlabel("tokens (billions)")
+    for ax in (ax_lr, ax_batch):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
