@@ -1,6 +1,8 @@
-"""Small builders shared by tests: random HF reference models and padded batches."""
+"""Small builders shared by tests: random HF reference models, padded batches, free ports, offline W&B runs."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
@@ -50,3 +52,35 @@ def tiny_config(**overrides):
                   mask_token_id=3, global_rope_theta=160000.0)
     fields.update(overrides)
     return ModernBertConfig(**fields)
+
+
+def wandb_runs(folder: Path) -> dict[str, tuple[dict, list[dict]]]:
+    """Every offline W&B run under ``folder``, read with wandb's own record reader: id -> (config, history).
+
+    An attempt that was SIGKILLed may have left its file empty or cut short; what it flushed is read."""
+    import json
+
+    from wandb.proto import wandb_internal_pb2
+    from wandb.sdk.internal.datastore import DataStore
+
+    runs = {}
+    for path in sorted(folder.glob("wandb/offline-run-*/run-*.wandb")):
+        if path.stat().st_size == 0:
+            continue
+        store = DataStore()
+        store.open_for_scan(str(path))
+        config, history = {}, []
+        while (data := store.scan_data()) is not None:
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(data)
+            kind = record.WhichOneof("record_type")
+            if kind in ("run", "config"):  # the config given to wandb.init, then later updates
+                items = record.run.config.update if kind == "run" else record.config.update
+                config.update({item.key: json.loads(item.value_json) for item in items})
+            elif kind == "history":
+                history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                                for item in record.history.item})
+        run_id = path.stem.split("-", 1)[1]
+        previous = runs.get(run_id, ({}, []))
+        runs[run_id] = (previous[0] | config, previous[1] + history)
+    return runs

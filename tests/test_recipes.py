@@ -10,6 +10,8 @@ import pytest
 import torch
 import yaml
 
+from helpers import wandb_runs
+
 from bertforge.data.batch_warmup import global_batch_at
 from bertforge.model.report import build_on_meta
 from bertforge.model.modernbert import count_parameters
@@ -153,7 +155,7 @@ def test_scaled_down_three_phase_chain(tmp_path, sample_data):
                    schedule={"name": "wsd", "warmup_tokens": 512})
     second = _phase(tmp_path, sample_data, "p2", max_duration="2048tok", data={"max_seq_len": 512},
                     phase={"after": "p1.yaml"}, model={"global_rope_theta": 160000.0},
-                    schedule={"name": "constant"}, export_dir=str(tmp_path / "p2-hf"))
+                    schedule={"name": "constant"}, export_dir=str(tmp_path / "p2-hf"), wandb={"enabled": True})
     third = _phase(tmp_path, sample_data, "p3", max_duration="2048tok", data={"max_seq_len": 512},
                    phase={"after": "p2.yaml", "load": "weights_and_optimizer"}, model={"global_rope_theta": 160000.0},
                    schedule={"name": "wsd", "decay_tokens": 2048, "decay_shape": "1-sqrt", "min_lr_ratio": 0.001})
@@ -174,6 +176,8 @@ def test_scaled_down_three_phase_chain(tmp_path, sample_data):
     assert lineage["phases"] == ["p1"] and lineage["tokens_before"] == 2048
     assert lineage["checkpoint"] == str((tmp_path / "p1" / "latest-rank0.pt").resolve())
     assert AutoConfig.from_pretrained(tmp_path / "p2-hf").global_rope_theta == 160000.0
+    (wandb_config, _), = wandb_runs(tmp_path / "p2").values()  # the lineage is in the W&B run config too
+    assert wandb_config["lineage"] == lineage
     # Phase 3 took the optimizer too: Adam's step count continues from phase 2's.
     optim3 = _read_full_optimizer_steps(tmp_path / "p3" / "latest-rank0.pt")
     assert optim3 == len(p2) + len(p3)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import free_port
+from helpers import free_port, wandb_runs
 
 from bertforge.schema import ConfigError
 from bertforge.train.config import load_train_config
@@ -42,36 +42,6 @@ def _run_config(tmp_path: Path, sample_data: dict, name: str, **overrides) -> Pa
 def _metrics(folder: Path) -> dict[int, dict]:
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     return {row["batch"]: row for row in rows}  # a resumed run rewrites batches after its checkpoint: keep the last
-
-
-def _wandb_runs(folder: Path) -> dict[str, tuple[dict, list[dict]]]:
-    """Every offline W&B run under ``folder``, read with wandb's own record reader: id -> (config, history).
-
-    An attempt that was SIGKILLed may have left its file empty or cut short; what it flushed is read."""
-    from wandb.proto import wandb_internal_pb2
-    from wandb.sdk.internal.datastore import DataStore
-
-    runs = {}
-    for path in sorted(folder.glob("wandb/offline-run-*/run-*.wandb")):
-        if path.stat().st_size == 0:
-            continue
-        store = DataStore()
-        store.open_for_scan(str(path))
-        config, history = {}, []
-        while (data := store.scan_data()) is not None:
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(data)
-            kind = record.WhichOneof("record_type")
-            if kind in ("run", "config"):  # the config given to wandb.init, then later updates
-                items = record.run.config.update if kind == "run" else record.config.update
-                config.update({item.key: json.loads(item.value_json) for item in items})
-            elif kind == "history":
-                history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                                for item in record.history.item})
-        run_id = path.stem.split("-", 1)[1]
-        previous = runs.get(run_id, ({}, []))
-        runs[run_id] = (previous[0] | config, previous[1] + history)
-    return runs
 
 
 def _train(config: Path, *extra: str, **kwargs) -> subprocess.CompletedProcess:
@@ -114,7 +84,7 @@ def test_quickstart_config_trains_end_to_end_and_exports(tmp_path, sample_data):
         torch.testing.assert_close(ours(ids).logits, hf(input_ids=ids).logits, atol=1e-4, rtol=0)
     assert (tmp_path / "hf" / "tokenizer.json").is_file()
     # W&B (offline): one run holding the resolved config and every step's loss, LR and throughput.
-    runs = _wandb_runs(folder)
+    runs = wandb_runs(folder)
     assert len(runs) == 1
     (run_config, history), = runs.values()
     assert run_config["run_name"] == "qs" and run_config["global_batch_size"] == 4
@@ -158,7 +128,7 @@ def test_killed_run_autoresumes_with_identical_losses(tmp_path, sample_data):
     # The restart logged to the same W&B run id (what the killed attempt had not flushed is lost).
     attempts = sorted(folder.glob("wandb/offline-run-*"))
     assert len(attempts) == 2 and len({path.name.rsplit("-", 1)[1] for path in attempts}) == 1
-    (_, history), = _wandb_runs(folder).values()
+    (_, history), = wandb_runs(folder).values()
     assert {int(row["time/batch"]) for row in history if "loss/train/total" in row} >= set(range(resumed_from, 12))
 
 
@@ -214,19 +184,25 @@ def test_checkpoints_newer_than_latest_are_set_aside_not_deleted(tmp_path):
     assert (tmp_path / "ep0-ba4-rank0.pt").is_file()
 
 
-def _train_ranks(config: Path, ranks: int, *overrides: str) -> subprocess.CompletedProcess:
-    composer = str(Path(sys.executable).with_name("composer"))
-    launch = [composer, "-n", str(ranks), "--master_port", str(free_port()), "-m", "bertforge.train"] if ranks > 1 \
-        else [BERTFORGE, "train"]
+def _train_ranks(config: Path, ranks: int, *overrides: str, launcher: str = "composer") -> subprocess.CompletedProcess:
+    if ranks == 1:
+        launch = [BERTFORGE, "train"]
+    elif launcher == "torchrun":
+        launch = [str(Path(sys.executable).with_name("torchrun")), "--nproc-per-node", str(ranks),
+                  "--master-port", str(free_port()), "-m", "bertforge.train"]
+    else:
+        launch = [str(Path(sys.executable).with_name("composer")), "-n", str(ranks), "--master_port",
+                  str(free_port()), "-m", "bertforge.train"]
     return subprocess.run([*launch, str(config), *overrides], capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
 def test_one_process_ddp_and_fsdp2_give_the_same_losses(tmp_path, sample_data):
     """Same global batch of 4 rows on one rank (two micro-batches of 2, accumulated), and on two real ranks over
-    gloo with DDP and with FSDP2 (sharded; two micro-batches of 1 each): with pack_across_ranks the batches do
-    not depend on the number of ranks, and the loss is the mean over the step's masked tokens, so the losses must
-    agree step by step. The sharded FSDP2 checkpoint then exports to a model transformers loads."""
+    gloo with DDP (launched by torchrun) and with FSDP2 (sharded; launched by composer; two micro-batches of 1
+    each): with pack_across_ranks the batches do not depend on the number of ranks, and the loss is the mean over
+    the step's masked tokens, so the losses must agree step by step. The sharded FSDP2 checkpoint then exports
+    to a model transformers loads."""
     from transformers import AutoModelForMaskedLM
 
     from bertforge.train.export import load_checkpoint_model
@@ -235,7 +211,8 @@ def test_one_process_ddp_and_fsdp2_give_the_same_losses(tmp_path, sample_data):
     for mode, ranks in (("single", 1), ("ddp", 2), ("fsdp2", 2)):
         config = _run_config(tmp_path, sample_data, mode, parallelism="ddp" if mode == "single" else mode,
                              max_duration="8192tok", optimizer={"name": "adamw", "lr": 2e-3})
-        result = _train_ranks(config, ranks, "data.pack_across_ranks=true", f"data.micro_batch_size={2 // ranks}")
+        result = _train_ranks(config, ranks, "data.pack_across_ranks=true", f"data.micro_batch_size={2 // ranks}",
+                              launcher="torchrun" if mode == "ddp" else "composer")
         assert result.returncode == 0, result.stderr[-3000:]
         losses[mode] = [row["loss"] for _, row in sorted(_metrics(tmp_path / mode).items())]
     assert len(losses["single"]) == 8 and losses["single"][-1] < losses["single"][0] - 0.5

@@ -65,6 +65,12 @@ def set_aside_unfinished_checkpoints(save_folder: Path) -> list[Path]:
     return moved
 
 
+def adopt_torchrun_environment() -> None:
+    """Composer reads the node's rank from NODE_RANK, which its own launcher sets; torchrun calls it GROUP_RANK."""
+    if "NODE_RANK" not in os.environ and "GROUP_RANK" in os.environ:
+        os.environ["NODE_RANK"] = os.environ["GROUP_RANK"]
+
+
 def train(config: TrainConfig) -> Path:
     import torch
     from composer import Trainer
@@ -82,6 +88,7 @@ def train(config: TrainConfig) -> Path:
     from bertforge.train.steps import StepBatches, dataspec
     from bertforge.train.wandb_logging import build_wandb_logger
 
+    adopt_torchrun_environment()
     world = dist.get_world_size()
     config.check_world(world)
     check_data_paths(config)
