@@ -84,3 +84,11 @@ def wandb_runs(folder: Path) -> dict[str, tuple[dict, list[dict]]]:
         previous = runs.get(run_id, ({}, []))
         runs[run_id] = (previous[0] | config, previous[1] + history)
     return runs
+
+
+def read_metrics(folder: Path) -> dict[int, dict]:
+    """``metrics.jsonl`` by batch; a resumed run rewrites the batches after its checkpoint, and the last wins."""
+    import json
+
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return {row["batch"]: row for row in rows}

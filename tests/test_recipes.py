@@ -10,12 +10,13 @@ import pytest
 import torch
 import yaml
 
-from helpers import wandb_runs
+from helpers import read_metrics, wandb_runs
 
 from bertforge.data.batch_warmup import global_batch_at
 from bertforge.model.report import build_on_meta
 from bertforge.model.modernbert import count_parameters
 from bertforge.train.config import load_train_config
+from bertforge.train.phases import load_chain
 from bertforge.train.plan import plan_chain
 from bertforge.train.schedules import TokenScheduler, lr_multiplier
 from bertforge.train.steps import StepBatches
@@ -35,7 +36,7 @@ def test_recipes_resolve_build_and_plan_the_stated_tokens(size):
         assert config.model.local_rope_theta == 10_000.0
         assert config.data.max_seq_len == (1024 if phase == "pretrain" else 8192)
         assert config.data.mask_rate == 0.3 and config.optimizer.name == "stableadamw"
-    plans = plan_chain(ROOT / f"yamls/modernbert-{size}/decay.yaml", ranks=8)
+    plans = plan_chain(load_chain(ROOT / f"yamls/modernbert-{size}/decay.yaml"), ranks=8)
     assert [p.run_name for p in plans] == [f"modernbert-{size}-{phase}" for phase in PHASE_TOKENS]
     assert [p.tokens for p in plans] == list(PHASE_TOKENS.values())
     assert plans[-1].tokens_before + plans[-1].tokens == 2_019_000_000_000
@@ -46,8 +47,8 @@ def test_plan_lr_and_batch_equal_the_formula_and_the_trainer(tmp_path):
     """At chosen token counts, plan's LR and batch are the formula's and what the trainer's own LR callback and
     step grouping produce when stepped there."""
     path = ROOT / "yamls/modernbert-base/pretrain.yaml"
-    config = load_train_config(path)
-    plan = plan_chain(path, ranks=8)[0]
+    ((_, config),) = chain = load_chain(path)
+    plan = plan_chain(chain, ranks=8)[0]
     by_name = {m.name: m for m in plan.milestones}
     assert by_name["start"].global_batch_rows == 768 and by_name["batch warmup done"].global_batch_rows == 4608
     assert by_name["lr warmup done"].lr == pytest.approx(8e-4)
@@ -60,10 +61,12 @@ def test_plan_lr_and_batch_equal_the_formula_and_the_trainer(tmp_path):
                                                                                         plan.tokens))
         assert optimizer.param_groups[0]["lr"] == pytest.approx(8e-4 * min(tokens / 3e9, 1.0))
     # The trainer's step grouping, fed micro-batches, makes steps of the planned sizes (scaled down 1000x).
-    small = load_train_config(path, ["global_batch_size=48", "batch_warmup.start=8", "batch_warmup.tokens=200000",
-                                     "data.micro_batch_size=1", "max_duration=400000tok"])
+    ((_, small),) = small_chain = load_chain(path, ["global_batch_size=48", "batch_warmup.start=8",
+                                                    "batch_warmup.tokens=200000", "data.micro_batch_size=1",
+                                                    "max_duration=400000tok"])
     micro = SimpleNamespace(input_ids=None, labels=None, cu_seqlens=torch.zeros(2), max_seqlen=1024,
                             num_tokens=1024, num_slots=1024, num_masked=300)
+
     class Loader:
         config = small.data
 
@@ -72,9 +75,7 @@ def test_plan_lr_and_batch_equal_the_formula_and_the_trainer(tmp_path):
                 yield micro
 
     steps = StepBatches(Loader(), small.global_batch_size, small.batch_warmup, world_size=8)
-    small_plan = plan_chain(path, ranks=8, overrides=["global_batch_size=48", "batch_warmup.start=8",
-                                                      "batch_warmup.tokens=200000", "data.micro_batch_size=1",
-                                                      "max_duration=400000tok"])[0]
+    small_plan = plan_chain(small_chain, ranks=8)[0]
     seen, made = 0, 0
     for step in steps:
         rows = step["num_slots"] // 1024 * 8  # each rank's share times 8 ranks
@@ -139,10 +140,6 @@ def _run(config: Path, *extra: str) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def _metrics(folder: Path) -> list[dict]:
-    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.slow
 def test_scaled_down_three_phase_chain(tmp_path, sample_data):
     """Pretrain at 128, extend to 512 with a new global RoPE theta, decay keeping the optimizer: phases chain by
@@ -159,11 +156,12 @@ def test_scaled_down_three_phase_chain(tmp_path, sample_data):
     third = _phase(tmp_path, sample_data, "p3", max_duration="2048tok", data={"max_seq_len": 512},
                    phase={"after": "p2.yaml", "load": "weights_and_optimizer"}, model={"global_rope_theta": 160000.0},
                    schedule={"name": "wsd", "decay_tokens": 2048, "decay_shape": "1-sqrt", "min_lr_ratio": 0.001})
-    plans = plan_chain(third, ranks=1)
+    plans = plan_chain(load_chain(third), ranks=1)
     assert [p.tokens for p in plans] == [2048, 2048, 2048] and plans[2].tokens_before == 4096
     for config in (first, second, third):
         _run(config)
-    p1, p2, p3 = (_metrics(tmp_path / name) for name in ("p1", "p2", "p3"))
+    p1, p2, p3 = ([row for _, row in sorted(read_metrics(tmp_path / name).items())]
+                  for name in ("p1", "p2", "p3"))
     assert 1800 < p2[0]["tokens"] <= 2048 and 1800 < p3[0]["tokens"] <= 2048  # clocks reset: a step is 4 x 512
     assert p2[0]["loss"] < p1[0]["loss"] - 0.3  # phase 2 starts trained, not from a fresh init
     # By value: phase 2's first update moved phase 1's final weights only slightly.

@@ -1,6 +1,5 @@
 """`bertforge train` for real: Composer runs on the sample corpus, checkpoints, kill + autoresume, export."""
 
-import json
 import os
 import signal
 import subprocess
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import free_port, wandb_runs
+from helpers import free_port, read_metrics, wandb_runs
 
 from bertforge.schema import ConfigError
 from bertforge.train.config import load_train_config
@@ -39,11 +38,6 @@ def _run_config(tmp_path: Path, sample_data: dict, name: str, **overrides) -> Pa
     return path
 
 
-def _metrics(folder: Path) -> dict[int, dict]:
-    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    return {row["batch"]: row for row in rows}  # a resumed run rewrites batches after its checkpoint: keep the last
-
-
 def _train(config: Path, *extra: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([BERTFORGE, "train", str(config), *extra], capture_output=True, text=True,
                           timeout=600, **kwargs)
@@ -60,7 +54,7 @@ def test_quickstart_config_trains_end_to_end_and_exports(tmp_path, sample_data):
     result = _train(config, env=os.environ | {"WANDB_MODE": "offline"})
     assert result.returncode == 0, result.stderr[-3000:]
     folder = tmp_path / "qs"
-    metrics = _metrics(folder)
+    metrics = read_metrics(folder)
     assert sorted(metrics) == list(range(1, 13))
     for key in ("batch", "tokens", "loss", "masked_accuracy", "lr", "grad_norm", "tokens_per_s",
                 "packing_efficiency"):
@@ -100,7 +94,7 @@ def test_quickstart_config_trains_end_to_end_and_exports(tmp_path, sample_data):
 def test_killed_run_autoresumes_with_identical_losses(tmp_path, sample_data):
     reference = _run_config(tmp_path, sample_data, "ref")
     assert _train(reference).returncode == 0
-    expected = _metrics(tmp_path / "ref")
+    expected = read_metrics(tmp_path / "ref")
 
     killed = _run_config(tmp_path, sample_data, "killed", wandb={"enabled": True})
     folder = tmp_path / "killed"
@@ -118,7 +112,7 @@ def test_killed_run_autoresumes_with_identical_losses(tmp_path, sample_data):
 
     result = _train(killed)  # autoresume is on by default
     assert result.returncode == 0, result.stderr[-3000:]
-    resumed = _metrics(folder)
+    resumed = read_metrics(folder)
     assert sorted(resumed) == sorted(expected)
     assert (folder / "ep0-ba12-rank0.pt").is_file()
     for batch in range(resumed_from + 1, 13):
@@ -214,7 +208,7 @@ def test_one_process_ddp_and_fsdp2_give_the_same_losses(tmp_path, sample_data):
         result = _train_ranks(config, ranks, "data.pack_across_ranks=true", f"data.micro_batch_size={2 // ranks}",
                               launcher="torchrun" if mode == "ddp" else "composer")
         assert result.returncode == 0, result.stderr[-3000:]
-        losses[mode] = [row["loss"] for _, row in sorted(_metrics(tmp_path / mode).items())]
+        losses[mode] = [row["loss"] for _, row in sorted(read_metrics(tmp_path / mode).items())]
     assert len(losses["single"]) == 8 and losses["single"][-1] < losses["single"][0] - 0.5
     assert losses["ddp"] == pytest.approx(losses["single"], abs=2e-5)
     assert losses["fsdp2"] == pytest.approx(losses["single"], abs=2e-5)
@@ -241,14 +235,14 @@ def test_sharded_fsdp2_checkpoint_resumes_each_ranks_data_exactly(tmp_path, samp
                          optimizer={"name": "adamw", "lr": 2e-3})
     folder = tmp_path / "fsdp2"
     assert _train_ranks(config, 2).returncode == 0
-    expected = _metrics(folder)
+    expected = read_metrics(folder)
     # As if the run had died while writing its second checkpoint: latest still points at the first.
     (folder / "latest-rank0.pt").unlink()
     (folder / "latest-rank0.pt").symlink_to("ep0-ba4")
     result = _train_ranks(config, 2)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (folder / "incomplete" / "ep0-ba8").is_dir()
-    resumed = _metrics(folder)
+    resumed = read_metrics(folder)
     for batch in range(5, 9):
         assert resumed[batch]["tokens"] == expected[batch]["tokens"]
         assert abs(resumed[batch]["loss"] - expected[batch]["loss"]) <= 1e-6, batch
@@ -261,7 +255,7 @@ def test_compiled_model_trains_like_the_eager_one(tmp_path, sample_data):
         config = _run_config(tmp_path, sample_data, name, max_duration="4096tok", compile=compiled)
         result = _train(config)
         assert result.returncode == 0, result.stderr[-3000:]
-        losses[name] = [row["loss"] for _, row in sorted(_metrics(tmp_path / name).items())]
+        losses[name] = [row["loss"] for _, row in sorted(read_metrics(tmp_path / name).items())]
     assert len(losses["compiled"]) == 4
     # Before any update the two compute the same function; after it, fused kernels round differently.
     assert losses["compiled"][:2] == pytest.approx(losses["eager"][:2], abs=1e-5)
@@ -277,7 +271,7 @@ def test_batch_size_warmup_grows_the_step_and_resumes_where_it_was(tmp_path, sam
     folder = tmp_path / "warm"
     result = _train(config, "data.micro_batch_size=2")
     assert result.returncode == 0, result.stderr[-3000:]
-    metrics = _metrics(folder)
+    metrics = read_metrics(folder)
     slots, expected_rows = 0, []
     for _ in metrics:
         expected_rows.append(global_batch_at(slots, 2, 8, 4096, multiple_of=2))
@@ -289,7 +283,7 @@ def test_batch_size_warmup_grows_the_step_and_resumes_where_it_was(tmp_path, sam
     (folder / "latest-rank0.pt").symlink_to("ep0-ba3-rank0.pt")
     result = _train(config, "data.micro_batch_size=2")
     assert result.returncode == 0, result.stderr[-3000:]
-    resumed = _metrics(folder)
+    resumed = read_metrics(folder)
     for batch in range(4, len(metrics) + 1):
         assert resumed[batch]["global_batch_rows"] == metrics[batch]["global_batch_rows"]
         assert abs(resumed[batch]["loss"] - metrics[batch]["loss"]) <= 1e-6, batch
@@ -320,7 +314,7 @@ def test_new_phase_starts_from_weights_with_a_fresh_clock(tmp_path, sample_data)
                          checkpoint={"interval": "1ba", "load_path": str(start), "load_weights_only": True})
     result = _train(second)
     assert result.returncode == 0, result.stderr[-3000:]
-    phase1, phase2 = _metrics(tmp_path / "phase1"), _metrics(tmp_path / "phase2")
+    phase1, phase2 = read_metrics(tmp_path / "phase1"), read_metrics(tmp_path / "phase2")
     assert phase2[1]["tokens"] == 1024  # the token clock starts again
     assert phase2[1]["loss"] < phase1[1]["loss"] - 0.5  # it starts from trained weights, not a fresh init
     # Three steps after loading (warmup starts at LR 0), the weights moved from phase 1's by small updates only.

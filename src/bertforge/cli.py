@@ -57,12 +57,14 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _plan(args: argparse.Namespace) -> None:
+    from bertforge.train.phases import load_chain
     from bertforge.train.plan import draw_plan, format_plan, plan_chain, plan_json
 
-    plans = plan_chain(args.config, args.ranks, args.overrides, args.tokens_per_sec)
+    chain = load_chain(args.config, args.overrides)
+    plans = plan_chain(chain, args.ranks, args.tokens_per_sec)
     print(plan_json(plans) if args.json else format_plan(plans))
     if args.png:
-        draw_plan(plans, args.png, args.ranks)
+        draw_plan(chain, plans, args.png, args.ranks)
 
 
 def _export(args: argparse.Namespace) -> None:

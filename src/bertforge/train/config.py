@@ -99,6 +99,11 @@ class TrainConfig:
             raise ConfigError(f"'max_duration' must be a Composer time like '1000000tok' or '100ba', "
                               f"got {self.max_duration!r}")
 
+    @property
+    def total_tokens(self) -> int | None:
+        """The run's length in real tokens, when max_duration is given in tokens."""
+        return int(self.max_duration[:-3]) if self.max_duration.endswith("tok") else None
+
     def check_world(self, world_size: int) -> None:
         """Combinations that only make sense once the number of ranks is known; before any model is built."""
         if self.global_batch_size % world_size:

@@ -72,6 +72,6 @@ def start_after_predecessor(config) -> dict:
     checkpoint = final_checkpoint(previous.save_folder)
     config.checkpoint.load_path = str(checkpoint)
     config.checkpoint.load_weights_only = config.phase.load == "weights"
-    tokens = [int(c.max_duration[:-3]) if c.max_duration.endswith("tok") else None for _, c in chain]
+    tokens = [c.total_tokens for _, c in chain]
     return {"after": config.phase.after, "checkpoint": str(checkpoint), "phases": [c.run_name for _, c in chain],
             "tokens_before": sum(tokens) if None not in tokens else None}

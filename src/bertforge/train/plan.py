@@ -51,9 +51,9 @@ class PhasePlan:
 
 
 def _tokens(config) -> int:
-    if not config.max_duration.endswith("tok"):
+    if config.total_tokens is None:
         raise ConfigError(f"plan needs max_duration in tokens (e.g. '1719000000000tok'), got {config.max_duration!r}")
-    return int(config.max_duration[:-3])
+    return config.total_tokens
 
 
 class StepClock:
@@ -96,6 +96,13 @@ def _checkpoints(interval: str, steps: int, tokens: int) -> int:
     return regular + (0 if every and done % every == 0 else 1)  # and one at the end
 
 
+def _starting_point(config) -> str:
+    if config.phase.after:
+        taken = "weights and optimizer" if config.phase.load == "weights_and_optimizer" else "weights"
+        return f"{taken} of {config.phase.after}"
+    return config.init_from or config.checkpoint.load_path or "a fresh initialisation"
+
+
 def plan_phase(path: Path, config, ranks: int, tokens_before: int, tokens_per_s: float | None) -> PhasePlan:
     total = _tokens(config)
     clock = StepClock(config, ranks)
@@ -111,22 +118,18 @@ def plan_phase(path: Path, config, ranks: int, tokens_before: int, tokens_per_s:
                   for name, tokens in sorted(points.items(), key=lambda item: item[1]) if tokens <= total]
     steps = clock.steps_to(total)
     rate = tokens_per_s or measured_tokens_per_s(config.save_folder)
-    start = config.phase.after and f"weights{' and optimizer' if config.phase.load != 'weights' else ''} of " \
-        f"{config.phase.after}" or config.init_from or config.checkpoint.load_path or "a fresh initialisation"
     return PhasePlan(
         run_name=config.run_name, config=str(path), tokens=total, tokens_before=tokens_before, steps=steps,
         max_seq_len=config.data.max_seq_len, global_batch_rows=config.global_batch_size,
         micro_batches_per_step=config.global_batch_size // clock.per_micro,
         checkpoints=_checkpoints(config.checkpoint.interval, steps, total), checkpoint_folder=config.save_folder,
-        starts_from=start, tokens_per_s=rate, hours=total / rate / 3600 if rate else None, milestones=milestones)
+        starts_from=_starting_point(config), tokens_per_s=rate, hours=total / rate / 3600 if rate else None, milestones=milestones)
 
 
-def plan_chain(path: str | Path, ranks: int, overrides: list[str] | None = None,
-               tokens_per_s: float | None = None) -> list[PhasePlan]:
-    from bertforge.train.phases import load_chain
-
+def plan_chain(chain: list[tuple[Path, object]], ranks: int, tokens_per_s: float | None = None) -> list[PhasePlan]:
+    """Plans of a chain of phases (``phases.load_chain``), first phase first."""
     plans, before = [], 0
-    for phase_path, config in load_chain(path, overrides):
+    for phase_path, config in chain:
         plans.append(plan_phase(phase_path, config, ranks, before, tokens_per_s))
         before += plans[-1].tokens
     return plans
@@ -151,7 +154,7 @@ def plan_json(plans: list[PhasePlan]) -> str:
     return json.dumps([asdict(p) for p in plans], indent=1)
 
 
-def draw_plan(plans: list[PhasePlan], path: str | Path, ranks: int) -> None:
+def draw_plan(chain: list[tuple[Path, object]], plans: list[PhasePlan], path: str | Path, ranks: int) -> None:
     """LR and global batch against the chain's tokens."""
     import matplotlib
 
@@ -159,12 +162,9 @@ def draw_plan(plans: list[PhasePlan], path: str | Path, ranks: int) -> None:
     import matplotlib.pyplot as plt
 
     from bertforge.atomic import atomic_path
-    from bertforge.train.phases import load_chain
 
     fig, (ax_lr, ax_batch) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
-    configs = dict(load_chain(plans[-1].config))
-    for p in plans:
-        config = configs[Path(p.config)]
+    for (_, config), p in zip(chain, plans):
         clock, lr = StepClock(config, ranks), TokenScheduler(config.schedule, p.tokens, config.optimizer.lr)
         xs = [p.tokens * i // 400 for i in range(401)]
         ax_lr.plot([(p.tokens_before + x) / 1e9 for x in xs], [lr.lr_at(x) for x in xs], label=p.run_name)

@@ -11,10 +11,6 @@ from bertforge.schema import ConfigError
 from bertforge.train.config import TrainConfig, resolved_yaml
 
 
-def total_tokens(max_duration: str) -> int | None:
-    return int(max_duration[:-3]) if max_duration.endswith("tok") else None
-
-
 def check_tokenizer_fits(config: TrainConfig) -> None:
     """The tokenizer must fit the model and agree on special ids, or training learns garbage; fail up front."""
     from bertforge.data.tokenizer import load_tokenizer, special_ids
@@ -65,6 +61,22 @@ def set_aside_unfinished_checkpoints(save_folder: Path) -> list[Path]:
     return moved
 
 
+def load_initial_weights(model, config: TrainConfig) -> None:
+    """``init_from``: a HuggingFace directory's weights, tiled into the model's shapes when it holds a smaller one."""
+    from bertforge.model.hf_io import load_state_dict_checked, read_state_dict
+
+    weights = read_state_dict(Path(config.init_from))
+    if config.init_tile:
+        import json
+
+        from bertforge.model.tiling import tile_state_dict
+
+        small_layers = json.loads((Path(config.init_from) / "config.json").read_text())["num_hidden_layers"]
+        weights = tile_state_dict(weights, small_layers, model.state_dict(), config.model.num_hidden_layers,
+                                  source=config.init_from)
+    load_state_dict_checked(model, weights, source=config.init_from)
+
+
 def adopt_torchrun_environment() -> None:
     """Composer reads the node's rank from NODE_RANK, which its own launcher sets; torchrun calls it GROUP_RANK."""
     if "NODE_RANK" not in os.environ and "GROUP_RANK" in os.environ:
@@ -93,7 +105,7 @@ def train(config: TrainConfig) -> Path:
     config.check_world(world)
     check_data_paths(config)
     check_tokenizer_fits(config)
-    total = total_tokens(config.max_duration)
+    total = config.total_tokens
     if total is None and (config.schedule.decay_tokens or config.schedule.name == "cosine"):
         raise ConfigError("a decaying schedule needs max_duration in tokens (e.g. '1000000tok')")
 
@@ -110,21 +122,8 @@ def train(config: TrainConfig) -> Path:
     steps = StepBatches(loader, config.global_batch_size, config.batch_warmup, world)
     model = ModernBertForMaskedLM(config.model)
     if config.init_from:
-        from bertforge.model.hf_io import load_state_dict_checked, read_state_dict
-
-        weights = read_state_dict(Path(config.init_from))
-        if config.init_tile:
-            import json
-
-            from bertforge.model.tiling import tile_state_dict
-
-            small_layers = json.loads((Path(config.init_from) / "config.json").read_text())["num_hidden_layers"]
-            weights = tile_state_dict(weights, small_layers, model.state_dict(), config.model.num_hidden_layers,
-                                      source=config.init_from)
-        load_state_dict_checked(model, weights, source=config.init_from)
-    lineage = start_after_predecessor(config)
-    if config.init_from:
-        lineage["init_from"] = config.init_from
+        load_initial_weights(model, config)
+    lineage = start_after_predecessor(config) | ({"init_from": config.init_from} if config.init_from else {})
     save_folder = Path(config.save_folder)
 
     precision = config.precision if config.precision != "auto" else ("amp_bf16" if device.name == "gpu" else "fp32")
@@ -145,7 +144,8 @@ def train(config: TrainConfig) -> Path:
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
 
         apply_activation_checkpointing(model, check_fn=is_layer)
-    callbacks = [TokenScheduler(config.schedule, total or 0, config.optimizer.lr), RunState(loader, steps, config, lineage),
+    callbacks = [TokenScheduler(config.schedule, total or 0, config.optimizer.lr),
+                 RunState(loader, steps, config, lineage),
                  MetricsFile(save_folder / "metrics.jsonl", config.model, data.mask_rate, config.peak_flops,
                              config.log_interval, total)]
     if config.parallelism == "fsdp2" and world > 1 and torch.distributed.get_backend() == "gloo":
@@ -166,7 +166,8 @@ def train(config: TrainConfig) -> Path:
         load_weights_only=config.checkpoint.load_weights_only,
         load_ignore_keys=FRESH_STATE_KEYS if config.phase.after and config.phase.load != "weights" else None,
         run_name=config.run_name, seed=config.seed,
-        parallelism_config=parallelism, loggers=loggers, callbacks=callbacks, spin_dataloaders=False, progress_bar=False, log_to_console=False,
+        parallelism_config=parallelism, loggers=loggers, callbacks=callbacks, spin_dataloaders=False,
+        progress_bar=False, log_to_console=False,
         compile_config={} if config.compile else None,
     )
     if dist.get_global_rank() == 0:
