@@ -5,6 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def hf_reference_model(every: int = 3, heads: int = 4, vocab: int = 1001, hidden: int = 64, layers: int = 4,
@@ -92,3 +95,22 @@ def read_metrics(folder: Path) -> dict[int, dict]:
 
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     return {row["batch"]: row for row in rows}
+
+
+def run_config(tmp_path: Path, sample_data: dict, name: str, **overrides) -> Path:
+    """The quickstart config pointed at the test corpus, small enough for CI's two cores."""
+    config = yaml.safe_load((ROOT / "yamls/quickstart.yaml").read_text())
+    config["includes"] = {"model": str(ROOT / "yamls/models/tiny.yaml")}
+    config.update(run_name=name, save_folder=str(tmp_path / name), export_dir=None, max_duration="12288tok",
+                  global_batch_size=4, log_interval=1)
+    config["optimizer"] = {"name": "stableadamw", "lr": 2e-3, "weight_decay": 1e-5}  # fast for a dozen steps
+    config["schedule"] = {"name": "wsd", "warmup_tokens": 2048, "decay_tokens": 4096, "decay_shape": "1-sqrt"}
+    config["checkpoint"] = {"interval": "4ba", "keep": -1}
+    config["data"].update(tokenizer=sample_data["tokenizer"], max_seq_len=256, buffer_docs=128)
+    for stream in ("code", "web", "science"):
+        config["data"]["streams"][stream]["local"] = str(sample_data["mds"] / stream)
+    for key, value in overrides.items():
+        config[key] = value
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

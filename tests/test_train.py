@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import free_port, read_metrics, wandb_runs
+from helpers import free_port, read_metrics, run_config, wandb_runs
 
 from bertforge.schema import ConfigError
 from bertforge.train.config import load_train_config
@@ -18,24 +18,6 @@ from bertforge.train.schedules import ScheduleConfig, lr_multiplier
 
 BERTFORGE = str(Path(sys.executable).with_name("bertforge"))
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _run_config(tmp_path: Path, sample_data: dict, name: str, **overrides) -> Path:
-    """The quickstart config pointed at the test corpus, small enough for CI's two cores."""
-    config = yaml.safe_load((ROOT / "yamls/quickstart.yaml").read_text())
-    config["includes"] = {"model": str(ROOT / "yamls/models/tiny.yaml")}
-    config.update(run_name=name, save_folder=str(tmp_path / name), export_dir=None, max_duration="12288tok",
-                  global_batch_size=4, log_interval=1)
-    config["schedule"] = {"name": "wsd", "warmup_tokens": 2048, "decay_tokens": 4096, "decay_shape": "1-sqrt"}
-    config["checkpoint"] = {"interval": "4ba", "keep": -1}
-    config["data"].update(tokenizer=sample_data["tokenizer"], max_seq_len=256, buffer_docs=128)
-    for stream in ("code", "web", "science"):
-        config["data"]["streams"][stream]["local"] = str(sample_data["mds"] / stream)
-    for key, value in overrides.items():
-        config[key] = value
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def _train(config: Path, *extra: str, **kwargs) -> subprocess.CompletedProcess:
@@ -49,7 +31,7 @@ def test_quickstart_config_trains_end_to_end_and_exports(tmp_path, sample_data):
 
     from bertforge.train.export import load_checkpoint_model
 
-    config = _run_config(tmp_path, sample_data, "qs", export_dir=str(tmp_path / "hf"),
+    config = run_config(tmp_path, sample_data, "qs", export_dir=str(tmp_path / "hf"),
                          wandb={"enabled": True, "project": "bertforge-tests", "tags": ["ci"]})
     result = _train(config, env=os.environ | {"WANDB_MODE": "offline"})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -80,9 +62,9 @@ def test_quickstart_config_trains_end_to_end_and_exports(tmp_path, sample_data):
     # W&B (offline): one run holding the resolved config and every step's loss, LR and throughput.
     runs = wandb_runs(folder)
     assert len(runs) == 1
-    (run_config, history), = runs.values()
-    assert run_config["run_name"] == "qs" and run_config["global_batch_size"] == 4
-    assert run_config["schedule"]["decay_shape"] == "1-sqrt" and run_config["wandb"]["tags"] == ["ci"]
+    (logged_config, history), = runs.values()
+    assert logged_config["run_name"] == "qs" and logged_config["global_batch_size"] == 4
+    assert logged_config["schedule"]["decay_shape"] == "1-sqrt" and logged_config["wandb"]["tags"] == ["ci"]
     logged = {int(row["time/batch"]): row for row in history if "loss/train/total" in row}
     assert len(logged) == 12
     for batch, row in metrics.items():
@@ -92,11 +74,11 @@ def test_quickstart_config_trains_end_to_end_and_exports(tmp_path, sample_data):
 
 @pytest.mark.slow
 def test_killed_run_autoresumes_with_identical_losses(tmp_path, sample_data):
-    reference = _run_config(tmp_path, sample_data, "ref")
+    reference = run_config(tmp_path, sample_data, "ref")
     assert _train(reference).returncode == 0
     expected = read_metrics(tmp_path / "ref")
 
-    killed = _run_config(tmp_path, sample_data, "killed", wandb={"enabled": True})
+    killed = run_config(tmp_path, sample_data, "killed", wandb={"enabled": True})
     folder = tmp_path / "killed"
     proc = subprocess.Popen([BERTFORGE, "train", str(killed)], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -127,19 +109,19 @@ def test_killed_run_autoresumes_with_identical_losses(tmp_path, sample_data):
 
 
 def test_unknown_key_names_file_key_and_nearest(tmp_path, sample_data):
-    config = _run_config(tmp_path, sample_data, "bad", global_batchsize=8)
+    config = run_config(tmp_path, sample_data, "bad", global_batchsize=8)
     with pytest.raises(ConfigError, match=rf"{config}.*unknown key 'global_batchsize'; did you mean 'global_batch_size'"):
         load_train_config(config)
 
 
 def test_nested_typo_and_override_typo(tmp_path, sample_data):
-    config = _run_config(tmp_path, sample_data, "bad")
+    config = run_config(tmp_path, sample_data, "bad")
     with pytest.raises(ConfigError, match="unknown key 'optimizer.lrr'; did you mean 'optimizer.lr'"):
         load_train_config(config, ["optimizer.lrr=1e-3"])
 
 
 def test_missing_data_path_fails_before_training(tmp_path, sample_data):
-    config = _run_config(tmp_path, sample_data, "nodata")
+    config = run_config(tmp_path, sample_data, "nodata")
     result = _train(config, "data.streams.code.local=/nowhere/code")
     assert result.returncode == 2
     assert "data.streams.code.local '/nowhere/code' holds no prepared dataset" in result.stderr
@@ -147,20 +129,20 @@ def test_missing_data_path_fails_before_training(tmp_path, sample_data):
 
 
 def test_tokenizer_larger_than_the_model_is_refused(tmp_path, sample_data):
-    config = _run_config(tmp_path, sample_data, "vocab")
+    config = run_config(tmp_path, sample_data, "vocab")
     result = _train(config, "model.vocab_size=1024")
     assert result.returncode == 2
     assert "has 2048 tokens but model.vocab_size is 1024; set model.vocab_size=2048" in result.stderr
 
 
 def test_batch_not_divisible_by_ranks_is_refused(tmp_path, sample_data):
-    config = load_train_config(_run_config(tmp_path, sample_data, "div", global_batch_size=6))
+    config = load_train_config(run_config(tmp_path, sample_data, "div", global_batch_size=6))
     with pytest.raises(ConfigError, match=r"'global_batch_size' \(6\) must be divisible by the number of ranks \(4\)"):
         config.check_world(4)
 
 
 def test_print_config_resolves_includes(tmp_path, sample_data):
-    result = _train(_run_config(tmp_path, sample_data, "print"), "--print-config", "optimizer.lr=0.005")
+    result = _train(run_config(tmp_path, sample_data, "print"), "--print-config", "optimizer.lr=0.005")
     assert result.returncode == 0, result.stderr
     printed = yaml.safe_load(result.stdout)
     assert printed["model"]["hidden_size"] == 256 and printed["optimizer"]["lr"] == 0.005
@@ -203,7 +185,7 @@ def test_one_process_ddp_and_fsdp2_give_the_same_losses(tmp_path, sample_data):
 
     losses = {}
     for mode, ranks in (("single", 1), ("ddp", 2), ("fsdp2", 2)):
-        config = _run_config(tmp_path, sample_data, mode, parallelism="ddp" if mode == "single" else mode,
+        config = run_config(tmp_path, sample_data, mode, parallelism="ddp" if mode == "single" else mode,
                              max_duration="8192tok", optimizer={"name": "adamw", "lr": 2e-3})
         result = _train_ranks(config, ranks, "data.pack_across_ranks=true", f"data.micro_batch_size={2 // ranks}",
                               launcher="torchrun" if mode == "ddp" else "composer")
@@ -231,7 +213,7 @@ def test_one_process_ddp_and_fsdp2_give_the_same_losses(tmp_path, sample_data):
 def test_sharded_fsdp2_checkpoint_resumes_each_ranks_data_exactly(tmp_path, sample_data):
     """Two ranks, each packing its own share: resuming from a sharded checkpoint restores every rank's loader
     state (not rank 0's twice), so the steps after it repeat the uninterrupted run's losses."""
-    config = _run_config(tmp_path, sample_data, "fsdp2", parallelism="fsdp2", max_duration="8192tok",
+    config = run_config(tmp_path, sample_data, "fsdp2", parallelism="fsdp2", max_duration="8192tok",
                          optimizer={"name": "adamw", "lr": 2e-3})
     folder = tmp_path / "fsdp2"
     assert _train_ranks(config, 2).returncode == 0
@@ -252,7 +234,7 @@ def test_sharded_fsdp2_checkpoint_resumes_each_ranks_data_exactly(tmp_path, samp
 def test_compiled_model_trains_like_the_eager_one(tmp_path, sample_data):
     losses = {}
     for name, compiled in (("eager", False), ("compiled", True)):
-        config = _run_config(tmp_path, sample_data, name, max_duration="4096tok", compile=compiled)
+        config = run_config(tmp_path, sample_data, name, max_duration="4096tok", compile=compiled)
         result = _train(config)
         assert result.returncode == 0, result.stderr[-3000:]
         losses[name] = [row["loss"] for _, row in sorted(read_metrics(tmp_path / name).items())]
@@ -266,7 +248,7 @@ def test_compiled_model_trains_like_the_eager_one(tmp_path, sample_data):
 def test_batch_size_warmup_grows_the_step_and_resumes_where_it_was(tmp_path, sample_data):
     from bertforge.data.batch_warmup import global_batch_at
 
-    config = _run_config(tmp_path, sample_data, "warm", max_duration="8192tok", global_batch_size=8,
+    config = run_config(tmp_path, sample_data, "warm", max_duration="8192tok", global_batch_size=8,
                          batch_warmup={"start": 2, "tokens": 4096}, checkpoint={"interval": "3ba", "keep": -1})
     folder = tmp_path / "warm"
     result = _train(config, "data.micro_batch_size=2")
@@ -290,14 +272,14 @@ def test_batch_size_warmup_grows_the_step_and_resumes_where_it_was(tmp_path, sam
 
 
 def test_warmup_start_must_be_made_of_whole_micro_batches(tmp_path, sample_data):
-    config = _run_config(tmp_path, sample_data, "bad", global_batch_size=8, batch_warmup={"start": 3, "tokens": 100})
+    config = run_config(tmp_path, sample_data, "bad", global_batch_size=8, batch_warmup={"start": 3, "tokens": 100})
     result = _train(config, "data.micro_batch_size=2")
     assert result.returncode == 2
     assert "'batch_warmup.start' (3) must be a multiple of ranks x data.micro_batch_size (1 x 2 = 2)" in result.stderr
 
 
 def test_stableadamw_with_fsdp2_on_cpu_is_refused(tmp_path, sample_data):
-    config = _run_config(tmp_path, sample_data, "refuse", parallelism="fsdp2")
+    config = run_config(tmp_path, sample_data, "refuse", parallelism="fsdp2")
     result = _train(config)
     assert result.returncode == 2
     assert "use optimizer.name=adamw with fsdp2, or parallelism=ddp" in result.stderr
@@ -307,10 +289,10 @@ def test_stableadamw_with_fsdp2_on_cpu_is_refused(tmp_path, sample_data):
 def test_new_phase_starts_from_weights_with_a_fresh_clock(tmp_path, sample_data):
     from bertforge.train.export import load_checkpoint_model
 
-    first = _run_config(tmp_path, sample_data, "phase1", max_duration="8192tok")
+    first = run_config(tmp_path, sample_data, "phase1", max_duration="8192tok")
     assert _train(first).returncode == 0
     start = tmp_path / "phase1" / "ep0-ba8-rank0.pt"
-    second = _run_config(tmp_path, sample_data, "phase2", max_duration="3072tok",
+    second = run_config(tmp_path, sample_data, "phase2", max_duration="3072tok",
                          checkpoint={"interval": "1ba", "load_path": str(start), "load_weights_only": True})
     result = _train(second)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -51,9 +51,14 @@ def _train(args: argparse.Namespace) -> None:
     if args.print_config:
         print(resolved_yaml(config), end="")
         return
+    from bertforge.train.preemption import REQUEUE_EXIT_CODE, StoppedBySignal
     from bertforge.train.run import train
 
-    print(f"run finished; checkpoints and metrics in {train(config)}")
+    try:
+        print(f"run finished; checkpoints and metrics in {train(config)}")
+    except StoppedBySignal as stop:
+        print(f"bertforge: {stop}", file=sys.stderr)
+        raise SystemExit(REQUEUE_EXIT_CODE) from None
 
 
 def _plan(args: argparse.Namespace) -> None:
@@ -65,6 +70,19 @@ def _plan(args: argparse.Namespace) -> None:
     print(plan_json(plans) if args.json else format_plan(plans))
     if args.png:
         draw_plan(chain, plans, args.png, args.ranks)
+
+
+def _slurm(args: argparse.Namespace) -> None:
+    from bertforge.slurm import SlurmJob, prepare_job, submit
+
+    job = SlurmJob(nodes=args.nodes, gpus_per_node=args.gpus_per_node, ranks_per_node=args.ranks_per_node,
+                   partition=args.partition, time=args.time, account=args.account,
+                   cpus_per_task=args.cpus_per_task, signal_seconds=args.signal_seconds, after=args.after)
+    script, text = prepare_job(args.config, args.overrides, job, submit=args.submit)
+    print(text, end="")
+    print(f"# saved as {script}", file=sys.stderr)
+    if args.submit:
+        print(f"submitted job {submit(script)}")
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -139,6 +157,25 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--png", help="draw LR and batch size against tokens into this PNG")
     plan.set_defaults(func=_plan)
 
+    slurm = commands.add_parser("slurm", help="write (and --submit) the sbatch script of a multi-node run",
+                                description="Render slurm/bertforge.sbatch for a run config, save it as "
+                                            "<save_folder>/slurm/<run_name>.sbatch, and with --submit check the "
+                                            "partition and submit it. Overrides go after the config (or after --).")
+    slurm.add_argument("config", help="run config YAML")
+    slurm.add_argument("overrides", nargs="*", help="key=value overrides of the run config")
+    slurm.add_argument("--nodes", type=int, required=True, help="nodes to allocate")
+    slurm.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node, one rank each (0: CPU nodes)")
+    slurm.add_argument("--ranks-per-node", type=int, help="ranks per node (default: GPUs per node, or 1 on CPU)")
+    slurm.add_argument("--partition", help="partition (default: the cluster's default)")
+    slurm.add_argument("--time", help="time limit, e.g. 24:00:00; the run checkpoints and requeues before it")
+    slurm.add_argument("--account", help="account to charge")
+    slurm.add_argument("--cpus-per-task", type=int, help="CPUs per rank")
+    slurm.add_argument("--signal-seconds", type=int, default=300,
+                       help="SIGUSR1 this many seconds before the time limit (default 300)")
+    slurm.add_argument("--after", metavar="JOBID", help="start after this job succeeds (the previous phase)")
+    slurm.add_argument("--submit", action="store_true", help="check the partition and submit with sbatch")
+    slurm.set_defaults(func=_slurm)
+
     export = commands.add_parser("export", help="export a checkpoint to a HuggingFace directory")
     export.add_argument("checkpoint", help="a checkpoint written by bertforge train (.pt, or a sharded directory)")
     export.add_argument("out", help="output directory")
@@ -154,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    # argparse stops collecting positional overrides at the first option; accept key=value anywhere.
+    # argparse stops collecting positional overrides at the first option; accept key=value anywhere, and after --.
+    extra = [e for e in extra if e != "--"]
     if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
         args.overrides = [*args.overrides, *extra]
     elif extra:

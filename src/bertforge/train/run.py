@@ -77,15 +77,26 @@ def load_initial_weights(model, config: TrainConfig) -> None:
     load_state_dict_checked(model, weights, source=config.init_from)
 
 
-def adopt_torchrun_environment() -> None:
-    """Composer reads the node's rank from NODE_RANK, which its own launcher sets; torchrun calls it GROUP_RANK."""
-    if "NODE_RANK" not in os.environ and "GROUP_RANK" in os.environ:
-        os.environ["NODE_RANK"] = os.environ["GROUP_RANK"]
+def adopt_launcher_environment(env=os.environ) -> None:
+    """Give Composer the variables it reads (RANK, LOCAL_RANK, NODE_RANK, ...) under the names launchers use.
+
+    Composer's own launcher sets them all. torchrun calls the node's rank GROUP_RANK. Under Slurm, srun itself is
+    the launcher, one task per rank: the batch script exports the rendezvous (MASTER_ADDR, MASTER_PORT,
+    WORLD_SIZE, LOCAL_WORLD_SIZE) and each task's own ranks come from SLURM_PROCID, SLURM_LOCALID, SLURM_NODEID.
+    """
+    if "NODE_RANK" not in env and "GROUP_RANK" in env:
+        env["NODE_RANK"] = env["GROUP_RANK"]
+    if "RANK" not in env and "SLURM_PROCID" in env and "MASTER_ADDR" in env:
+        if env.get("WORLD_SIZE") != env.get("SLURM_NTASKS"):
+            raise ConfigError(f"Slurm started {env.get('SLURM_NTASKS')} tasks but WORLD_SIZE is "
+                              f"{env.get('WORLD_SIZE')}; launch one task per rank (srun --ntasks-per-node=RANKS, "
+                              f"as the script of `bertforge slurm` does)")
+        env.update(RANK=env["SLURM_PROCID"], LOCAL_RANK=env["SLURM_LOCALID"], NODE_RANK=env["SLURM_NODEID"])
 
 
 def train(config: TrainConfig) -> Path:
     import torch
-    from composer import Trainer
+    from composer import Time, Trainer
     from composer.devices import DeviceCPU, DeviceGPU
     from composer.utils import dist, reproducibility
 
@@ -96,11 +107,13 @@ def train(config: TrainConfig) -> Path:
     from bertforge.train.composer_model import MLMComposerModel
     from bertforge.train.optim import build_optimizer
     from bertforge.train.phases import FRESH_STATE_KEYS, start_after_predecessor
+    from bertforge.train.preemption import StopOnSignal, StoppedBySignal
     from bertforge.train.schedules import TokenScheduler
     from bertforge.train.steps import StepBatches, dataspec
     from bertforge.train.wandb_logging import build_wandb_logger
 
-    adopt_torchrun_environment()
+    adopt_launcher_environment()
+    stopper = StopOnSignal()
     world = dist.get_world_size()
     config.check_world(world)
     check_data_paths(config)
@@ -144,7 +157,7 @@ def train(config: TrainConfig) -> Path:
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
 
         apply_activation_checkpointing(model, check_fn=is_layer)
-    callbacks = [TokenScheduler(config.schedule, total or 0, config.optimizer.lr),
+    callbacks = [stopper, TokenScheduler(config.schedule, total or 0, config.optimizer.lr),
                  RunState(loader, steps, config, lineage),
                  MetricsFile(save_folder / "metrics.jsonl", config.model, data.mask_rate, config.peak_flops,
                              config.log_interval, total)]
@@ -176,6 +189,11 @@ def train(config: TrainConfig) -> Path:
 
         write_text_atomic(save_folder / "config.yaml", resolved_yaml(config))
     trainer.fit()
+    unit_total = Time.from_input(config.max_duration)
+    if stopper.stopped_at_batch is not None and trainer.state.timestamp.get(unit_total.unit) < unit_total:
+        trainer.close()
+        raise StoppedBySignal(f"stopped by {stopper.received.name} after batch {stopper.stopped_at_batch}, with a "
+                              f"checkpoint in {save_folder}; the same command resumes the run")
     if config.export_dir:
         from bertforge.train.export import export_model
 

@@ -1,0 +1,165 @@
+"""`bertforge slurm`: render a run's sbatch script from slurm/bertforge.sbatch, check it against the cluster,
+save it next to the run and submit it.
+
+Everything that can be checked before the job waits in the queue is checked here (the config, the global batch
+against the job's ranks, the data paths, the partition's nodes and GPUs), so a mistake costs seconds, not a
+queue wait.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from bertforge.atomic import write_text_atomic
+from bertforge.paths import REPO_ROOT
+from bertforge.schema import ConfigError
+
+TEMPLATE = REPO_ROOT / "slurm" / "bertforge.sbatch"
+_FIELD = re.compile(r"{{(\w+)}}")
+
+
+@dataclass
+class SlurmJob:
+    nodes: int
+    """Nodes to allocate; one launcher task per rank runs on each."""
+    gpus_per_node: int = 0
+    """GPUs per node; each gets one rank. 0: CPU nodes, with ranks_per_node ranks (gloo)."""
+    ranks_per_node: int | None = None
+    """Trainer processes per node; default: gpus_per_node, or 1 on CPU nodes."""
+    partition: str | None = None
+    """Slurm partition; default: the cluster's default partition."""
+    time: str | None = None
+    """Time limit (Slurm syntax: minutes, HH:MM:SS, D-HH:MM:SS); the job checkpoints and requeues before it."""
+    account: str | None = None
+    """Account to charge."""
+    cpus_per_task: int | None = None
+    """CPUs for each rank (data loading, tokenization of the next batch)."""
+    signal_seconds: int = 300
+    """Ask Slurm for SIGUSR1 this long before the time limit: enough to finish a step and write a checkpoint."""
+    after: str | None = None
+    """Start only after this job completes successfully (the previous phase of a chain)."""
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1:
+            raise ConfigError(f"--nodes must be at least 1, not {self.nodes}")
+        if self.gpus_per_node < 0:
+            raise ConfigError(f"--gpus-per-node must be 0 (CPU nodes) or more, not {self.gpus_per_node}")
+        if self.ranks_per_node is None:
+            self.ranks_per_node = self.gpus_per_node or 1
+        if self.gpus_per_node and self.ranks_per_node != self.gpus_per_node:
+            raise ConfigError(f"--ranks-per-node {self.ranks_per_node} differs from --gpus-per-node "
+                              f"{self.gpus_per_node}; on GPU nodes each GPU runs one rank")
+        if self.ranks_per_node < 1:
+            raise ConfigError(f"--ranks-per-node must be at least 1, not {self.ranks_per_node}")
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.ranks_per_node
+
+
+def sbatch_options(job: SlurmJob, run_name: str, log: Path) -> list[str]:
+    options = [f"--job-name={run_name}", f"--nodes={job.nodes}", f"--ntasks-per-node={job.ranks_per_node}",
+               f"--signal=USR1@{job.signal_seconds}", "--requeue", "--open-mode=append", f"--output={log}"]
+    if job.gpus_per_node:
+        options.append(f"--gpus-per-node={job.gpus_per_node}")
+    for flag, value in (("partition", job.partition), ("time", job.time), ("account", job.account),
+                        ("cpus-per-task", job.cpus_per_task)):
+        if value is not None:
+            options.append(f"--{flag}={value}")
+    if job.after:
+        options.append(f"--dependency=afterok:{job.after}")
+    return [f"#SBATCH {option}" for option in options]
+
+
+def render_script(config_path: str | Path, overrides: list[str], job: SlurmJob, run_name: str, save_folder: Path,
+                  workdir: Path, template: Path = TEMPLATE) -> str:
+    from bertforge.train.preemption import REQUEUE_EXIT_CODE
+
+    command = [sys.executable, "-m", "bertforge.train", str(Path(config_path).resolve()), *overrides]
+    fields = {
+        "sbatch_options": "\n".join(sbatch_options(job, run_name, save_folder / "slurm" / "slurm-%j.out")),
+        "workdir": shlex.quote(str(workdir)),
+        "ranks_per_node": str(job.ranks_per_node),
+        "train_command": shlex.join(command),
+        "requeue_exit_code": str(REQUEUE_EXIT_CODE),
+    }
+    text = template.read_text()
+    unknown = sorted(set(_FIELD.findall(text)) - set(fields))
+    if unknown:
+        raise ConfigError(f"{template}: unknown field(s) {', '.join('{{' + f + '}}' for f in unknown)}; "
+                          f"the fields are {', '.join(sorted(fields))}")
+    return _FIELD.sub(lambda m: fields[m.group(1)], text)
+
+
+def _slurm(*command: str) -> str:
+    if shutil.which(command[0]) is None:
+        raise ConfigError(f"'{command[0]}' is not on PATH: --submit needs the Slurm client commands (run on a login "
+                          f"node, or leave out --submit to only write the script)")
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise ConfigError(f"`{shlex.join(command)}` failed: {result.stderr.strip() or result.stdout.strip()}")
+    return result.stdout
+
+
+def partitions() -> dict[str, dict]:
+    """Partition -> {nodes, gpus (per node, the most any node has), default}, from sinfo."""
+    found: dict[str, dict] = {}
+    for line in _slurm("sinfo", "-h", "-o", "%P|%D|%G").splitlines():
+        name, nodes, gres = line.strip().split("|")
+        default = name.endswith("*")
+        name = name.rstrip("*")
+        gpus = max((int(m.group(1)) for m in re.finditer(r"gpu(?::[^:,(]+)?:(\d+)", gres)), default=0)
+        entry = found.setdefault(name, {"nodes": 0, "gpus": 0, "default": default})
+        entry["nodes"] += int(nodes)  # one line per node state
+        entry["gpus"] = max(entry["gpus"], gpus)
+    return found
+
+
+def check_against_cluster(job: SlurmJob) -> str:
+    """The partition exists and has the nodes and GPUs asked for; returns its name."""
+    found = partitions()
+    if job.partition is None:
+        name = next((n for n, p in found.items() if p["default"]), None)
+        if name is None:
+            raise ConfigError(f"the cluster has no default partition; pass --partition (one of {', '.join(found)})")
+    elif job.partition not in found:
+        raise ConfigError(f"--partition '{job.partition}' does not exist; partitions: {', '.join(found)}")
+    else:
+        name = job.partition
+    if job.nodes > found[name]["nodes"]:
+        raise ConfigError(f"--nodes {job.nodes} is more than partition '{name}' has ({found[name]['nodes']}); "
+                          f"ask for at most {found[name]['nodes']} or pick another partition")
+    if job.gpus_per_node > found[name]["gpus"]:
+        raise ConfigError(f"--gpus-per-node {job.gpus_per_node} is more than the nodes of partition '{name}' have "
+                          f"({found[name]['gpus']})")
+    return name
+
+
+def prepare_job(config_path: str | Path, overrides: list[str], job: SlurmJob, submit: bool) -> tuple[Path, str]:
+    """Check the config (and, to submit, the cluster), write the script next to the run; return it and its text."""
+    from bertforge.train.config import load_train_config
+    from bertforge.train.run import check_data_paths, check_tokenizer_fits
+
+    config = load_train_config(config_path, overrides)
+    config.check_world(job.world_size)
+    check_data_paths(config)
+    check_tokenizer_fits(config)
+    if submit:
+        check_against_cluster(job)
+    save_folder = Path(config.save_folder).resolve()
+    text = render_script(config_path, overrides, job, config.run_name, save_folder, Path.cwd())
+    script = save_folder / "slurm" / f"{config.run_name}.sbatch"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(script, text)
+    return script, text
+
+
+def submit(script: Path) -> str:
+    """sbatch the script; returns the job id."""
+    return _slurm("sbatch", "--parsable", str(script)).strip().split(";")[0]

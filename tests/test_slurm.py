@@ -1,0 +1,242 @@
+"""`bertforge slurm` against a real Slurm cluster (munged, slurmctld and two slurmd nodes on this machine).
+
+Without Slurm installed (or not as root, which slurmd needs) the cluster tests skip with the reason; under CI
+(CI=true) that is a failure, since .ci/run installs the packages.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import read_metrics, run_config
+from slurm_cluster import SlurmCluster, missing_binaries
+
+BERTFORGE = str(Path(sys.executable).with_name("bertforge"))
+STEPS = 16
+TWO_NODE = ("data.pack_across_ranks=true", "data.micro_batch_size=1")
+
+
+def _require_slurm() -> None:
+    missing = missing_binaries()
+    if missing:
+        reason = (f"Slurm is not installed (no {', '.join(missing)}); `apt-get install slurmctld slurmd "
+                  f"slurm-client munge` provides it")
+    elif os.geteuid() != 0:
+        reason = "the test cluster's slurmd daemons must run as root"
+    else:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI must run the Slurm tests: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    _require_slurm()
+    slurm = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        slurm.start()
+        yield slurm
+    finally:
+        slurm.stop()
+
+
+def _job_config(tmp_path: Path, sample_data: dict, name: str) -> Path:
+    """FSDP2 over gloo, global batch 4 of 256-token rows, W&B offline; no periodic checkpoint before the end, so
+    a checkpoint mid-run can only come from the signal."""
+    return run_config(tmp_path, sample_data, name, parallelism="fsdp2", max_duration=f"{STEPS * 1024}tok",
+                      optimizer={"name": "adamw", "lr": 2e-3}, checkpoint={"interval": "1000ba", "keep": -1},
+                      wandb={"enabled": True, "project": "bertforge-tests"})
+
+
+def _slurm(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([BERTFORGE, "slurm", *args], capture_output=True, text=True, timeout=300, env=env)
+
+
+def _submit(cluster: SlurmCluster, config: Path, *extra: str) -> str:
+    result = _slurm(str(config), "--nodes", "2", "--submit", "--", *TWO_NODE, *extra,
+                    env=cluster.env | {"WANDB_MODE": "offline"})
+    assert result.returncode == 0, result.stderr + cluster.logs()
+    return result.stdout.strip().splitlines()[-1].removeprefix("submitted job ")
+
+
+def _losses(folder: Path) -> list[float]:
+    return [row["loss"] for _, row in sorted(read_metrics(folder).items())]
+
+
+def _job_log(folder: Path, job_id: str) -> str:
+    return (folder / "slurm" / f"slurm-{job_id}.out").read_text()
+
+
+def test_rendered_script_for_a_gpu_cluster(tmp_path, sample_data):
+    """No cluster needed: the script is printed and saved next to the run, with the #SBATCH options, one task per
+    GPU, the signal ahead of the time limit, the requeue, the overrides, and it is valid bash."""
+    config = run_config(tmp_path, sample_data, "gpu-run", global_batch_size=64)
+    result = _slurm(str(config), "--nodes", "4", "--gpus-per-node", "8", "--partition", "gpu", "--time",
+                    "24:00:00", "--account", "lab", "--cpus-per-task", "12", "--after", "1234", "--",
+                    "optimizer.lr=1e-3")
+    assert result.returncode == 0, result.stderr
+    saved = tmp_path / "gpu-run" / "slurm" / "gpu-run.sbatch"
+    assert saved.read_text() == result.stdout
+    for line in ("#SBATCH --job-name=gpu-run", "#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=8",
+                 "#SBATCH --gpus-per-node=8", "#SBATCH --partition=gpu", "#SBATCH --time=24:00:00",
+                 "#SBATCH --account=lab", "#SBATCH --cpus-per-task=12", "#SBATCH --signal=USR1@300",
+                 "#SBATCH --requeue", "#SBATCH --dependency=afterok:1234",
+                 f"#SBATCH --output={tmp_path / 'gpu-run' / 'slurm' / 'slurm-%j.out'}"):
+        assert line in result.stdout.splitlines(), line
+    assert f"-m bertforge.train {config} optimizer.lr=1e-3" in result.stdout
+    assert "{{" not in result.stdout.split("#SBATCH")[-1]
+    assert subprocess.run(["bash", "-n", str(saved)]).returncode == 0
+
+    # 4 x 8 ranks cannot split a global batch of 8 rows: refused before anything is written.
+    small = run_config(tmp_path, sample_data, "small-batch", global_batch_size=8)
+    result = _slurm(str(small), "--nodes", "4", "--gpus-per-node", "8")
+    assert result.returncode == 2 and "global_batch_size" in result.stderr and "32" in result.stderr
+    assert not (tmp_path / "small-batch" / "slurm").exists()
+
+
+def test_missing_config_is_refused_before_submission(tmp_path):
+    result = _slurm(str(tmp_path / "nope.yaml"), "--nodes", "2", "--submit")
+    assert result.returncode == 2 and "nope.yaml" in result.stderr
+
+
+def test_more_nodes_or_gpus_than_the_partition_has(tmp_path, sample_data, cluster):
+    config = run_config(tmp_path, sample_data, "too-big")
+    for args, message in ((("--nodes", "4"), "more than partition 'debug' has (2)"),
+                          (("--nodes", "1", "--partition", "gpu"), "does not exist; partitions: debug"),
+                          (("--nodes", "1", "--gpus-per-node", "1"), "--gpus-per-node 1 is more than")):
+        result = _slurm(str(config), *args, "--submit", env=cluster.env)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+    queue = subprocess.run(["squeue", "-h"], env=cluster.env, capture_output=True, text=True, check=True)
+    assert queue.stdout.strip() == ""
+
+
+@pytest.fixture(scope="module")
+def whole_job(tmp_path_factory, sample_data, cluster) -> dict:
+    """A single-process run and an uninterrupted 2-node job (one CPU rank per node, FSDP2 over gloo), both with
+    the same global batch of 4 rows."""
+    root = tmp_path_factory.mktemp("slurm-runs")
+    single = run_config(root, sample_data, "single", max_duration=f"{STEPS * 1024}tok",
+                        optimizer={"name": "adamw", "lr": 2e-3})
+    result = subprocess.run([BERTFORGE, "train", str(single), "data.pack_across_ranks=true",
+                             "data.micro_batch_size=2"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = _job_config(root, sample_data, "whole")
+    job = _submit(cluster, config)
+    return {"root": root, "config": config, "job": job, "info": cluster.wait_for_job(job, timeout=600)}
+
+
+def _signal_when_training(cluster: SlurmCluster, job: str, metrics: Path, rows: int) -> None:
+    """SIGUSR1 to the job's ranks, as Slurm sends before a time limit, once it has logged ``rows`` steps."""
+    deadline = time.time() + 300
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= rows):
+        assert time.time() < deadline and cluster.job(job)["JobState"] in ("PENDING", "RUNNING"), cluster.job(job)
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--signal=USR1", job], env=cluster.env, check=True)
+
+
+def _check_requeued_once(cluster: SlurmCluster, job: str, folder: Path, steps: int) -> int:
+    """The job checkpointed at the signal, requeued, and finished; every step was logged exactly once. Returns
+    the step it stopped after."""
+    info = cluster.wait_for_job(job, timeout=600)
+    log = _job_log(folder, job)
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, log)
+    assert "received SIGUSR1: stopping after batch" in log and "requeueing job" in log
+    stopped_at = int(log.split("stopping after batch ")[1].split()[0])
+    assert 1 <= stopped_at < steps
+    # No periodic checkpoint before the end: the one mid-run checkpoint is the signal's.
+    assert {p.name for p in folder.glob("ep0-ba*")} == {f"ep0-ba{stopped_at}", f"ep0-ba{steps}"}
+    rows = [line for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    assert len(rows) == steps and sorted(read_metrics(folder)) == list(range(1, steps + 1))
+    attempts = sorted(folder.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(attempts) == 2 and attempts[0].name == attempts[1].name  # the same W&B run id after the requeue
+    return stopped_at
+
+
+@pytest.mark.slow
+def test_two_node_job_matches_one_machine(whole_job):
+    root = whole_job["root"]
+    assert whole_job["info"]["JobState"] == "COMPLETED", (whole_job["info"], _job_log(root / "whole", whole_job["job"]))
+    assert whole_job["info"]["NumNodes"] == "2" and whole_job["info"]["NodeList"] == "n[1-2]"
+    losses = _losses(root / "whole")
+    assert len(losses) == STEPS and losses[-1] < losses[0] - 0.5
+    assert losses == pytest.approx(_losses(root / "single"), abs=2e-5)
+    assert sorted(p.name for p in (root / "whole" / f"ep0-ba{STEPS}").iterdir()) == \
+        [".metadata", "__0_0.distcp", "__1_0.distcp"]
+
+
+@pytest.mark.slow
+def test_preempted_job_checkpoints_requeues_and_resumes_exactly(tmp_path, sample_data, cluster, whole_job):
+    """The same job as the uninterrupted one, signalled mid-run: it ends with the same tokens and the same loss at
+    every step, none repeated, in one W&B run."""
+    job = _submit(cluster, _job_config(tmp_path, sample_data, "preempted"))
+    _signal_when_training(cluster, job, tmp_path / "preempted" / "metrics.jsonl", rows=3)
+    _check_requeued_once(cluster, job, tmp_path / "preempted", STEPS)
+    whole = whole_job["root"] / "whole"
+    assert _losses(tmp_path / "preempted") == pytest.approx(_losses(whole), abs=1e-6)
+    assert read_metrics(tmp_path / "preempted")[STEPS]["tokens"] == read_metrics(whole)[STEPS]["tokens"]
+
+
+@pytest.mark.slow
+def test_next_phase_starts_from_its_predecessor_and_resumes_itself(tmp_path, sample_data, cluster, whole_job):
+    """A next phase submitted with --after starts from the finished phase's final checkpoint (there is no other:
+    the predecessor saved only at its end), and after a requeue resumes from its own checkpoint, not from the
+    predecessor again."""
+    steps = 6
+    config = run_config(tmp_path, sample_data, "phase2", parallelism="fsdp2", max_duration=f"{steps * 1024}tok",
+                        optimizer={"name": "adamw", "lr": 1e-3}, checkpoint={"interval": "1000ba", "keep": -1},
+                        wandb={"enabled": True, "project": "bertforge-tests"},
+                        phase={"after": str(whole_job["config"]), "load": "weights"})
+    result = _slurm(str(config), "--nodes", "2", "--after", whole_job["job"], "--submit", "--", *TWO_NODE,
+                    env=cluster.env | {"WANDB_MODE": "offline"})
+    assert result.returncode == 0, result.stderr
+    assert f"#SBATCH --dependency=afterok:{whole_job['job']}" in result.stdout
+    job = result.stdout.strip().splitlines()[-1].removeprefix("submitted job ")
+    _signal_when_training(cluster, job, tmp_path / "phase2" / "metrics.jsonl", rows=2)
+    _check_requeued_once(cluster, job, tmp_path / "phase2", steps)
+    first_phase = _losses(whole_job["root"] / "whole")
+    assert _losses(tmp_path / "phase2")[0] < first_phase[0] - 0.5  # it started from the trained weights
+
+
+def test_slurm_task_environment_becomes_composers():
+    from bertforge.schema import ConfigError
+    from bertforge.train.run import adopt_launcher_environment
+
+    env = {"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NODEID": "2", "SLURM_NTASKS": "8",
+           "MASTER_ADDR": "10.0.0.1", "WORLD_SIZE": "8"}
+    adopt_launcher_environment(env)
+    assert (env["RANK"], env["LOCAL_RANK"], env["NODE_RANK"]) == ("5", "1", "2")
+    torchrun = {"GROUP_RANK": "3", "RANK": "7"}
+    adopt_launcher_environment(torchrun)
+    assert torchrun["NODE_RANK"] == "3"
+    with pytest.raises(ConfigError, match="Slurm started 4 tasks but WORLD_SIZE is 8"):
+        adopt_launcher_environment({k: v for k, v in env.items() if k != "RANK"} | {"SLURM_NTASKS": "4"})
+
+
+@pytest.mark.slow
+def test_usr1_outside_slurm_checkpoints_exits_75_and_the_same_command_resumes(tmp_path, sample_data):
+    """A stopped run does not export; the resumed one finishes every step once and exports."""
+    config = run_config(tmp_path, sample_data, "usr1", max_duration="16384tok", checkpoint={"interval": "1000ba"},
+                        export_dir=str(tmp_path / "hf"))
+    command = [BERTFORGE, "train", str(config)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "usr1" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        assert time.time() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGUSR1)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 75, stderr[-3000:]
+    assert "stopped by SIGUSR1 after batch" in stderr and "the same command resumes the run" in stderr
+    stopped_at = int(stderr.split("after batch ")[1].split(",")[0])
+    assert (tmp_path / "usr1" / f"ep0-ba{stopped_at}-rank0.pt").is_file() and not (tmp_path / "hf").exists()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = metrics.read_text().splitlines()
+    assert len(rows) == 16 and sorted(read_metrics(tmp_path / "usr1")) == list(range(1, 17))
+    assert (tmp_path / "hf" / "config.json").is_file()
