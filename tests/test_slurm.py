@@ -240,3 +240,31 @@ def test_usr1_outside_slurm_checkpoints_exits_75_and_the_same_command_resumes(tm
     rows = metrics.read_text().splitlines()
     assert len(rows) == 16 and sorted(read_metrics(tmp_path / "usr1")) == list(range(1, 17))
     assert (tmp_path / "hf" / "config.json").is_file()
+
+
+def _catches(pid: int, sig: signal.Signals) -> bool:
+    """Whether the process has a handler for ``sig`` (the SigCgt mask in /proc, bit signum - 1)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
+
+
+@pytest.mark.slow
+def test_usr1_while_torch_is_still_importing_stops_at_the_first_step(tmp_path, sample_data):
+    """A signal during start-up (a job that starts close to its time limit) must not kill the rank: it is
+    recorded and honoured at the first step boundary, with a checkpoint and the requeue exit code."""
+    config = run_config(tmp_path, sample_data, "early", max_duration="16384tok", checkpoint={"interval": "1000ba"})
+    process = subprocess.Popen([BERTFORGE, "train", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.time() + 60
+    while not _catches(process.pid, signal.SIGUSR1):
+        assert time.time() < deadline and process.poll() is None, process.communicate()
+        time.sleep(0.002)
+    assert "libtorch" not in Path(f"/proc/{process.pid}/maps").read_text(), \
+        "the SIGUSR1 handler was installed only after torch was loaded"
+    process.send_signal(signal.SIGUSR1)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 75, stderr[-3000:]
+    assert "stopped by SIGUSR1 after batch 1," in stderr
+    assert sorted(p.name for p in (tmp_path / "early").glob("ep*-ba*-rank0.pt")) == ["ep0-ba1-rank0.pt"]

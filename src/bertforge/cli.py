@@ -51,8 +51,9 @@ def _train(args: argparse.Namespace) -> None:
     if args.print_config:
         print(resolved_yaml(config), end="")
         return
-    from bertforge.train.preemption import REQUEUE_EXIT_CODE, StoppedBySignal
+    from bertforge.train.preemption import StoppedBySignal
     from bertforge.train.run import train
+    from bertforge.train.stop_signals import REQUEUE_EXIT_CODE
 
     try:
         print(f"run finished; checkpoints and metrics in {train(config)}")
@@ -197,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.func is _train:
+        from bertforge.train.stop_signals import record_stop_signals
+
+        record_stop_signals()  # before torch is imported; see bertforge.train.stop_signals
     from bertforge.model.hf_io import CheckpointError
     from bertforge.schema import ConfigError
 

@@ -79,7 +79,7 @@ def sbatch_options(job: SlurmJob, run_name: str, log: Path) -> list[str]:
 
 def render_script(config_path: str | Path, overrides: list[str], job: SlurmJob, run_name: str, save_folder: Path,
                   workdir: Path, template: Path = TEMPLATE) -> str:
-    from bertforge.train.preemption import REQUEUE_EXIT_CODE
+    from bertforge.train.stop_signals import REQUEUE_EXIT_CODE
 
     command = [sys.executable, "-m", "bertforge.train", str(Path(config_path).resolve()), *overrides]
     fields = {

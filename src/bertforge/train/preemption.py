@@ -14,10 +14,7 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
 
-REQUEUE_EXIT_CODE = 75
-"""EX_TEMPFAIL: stopped by a signal after a checkpoint; running the same command again resumes the run."""
-
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+from bertforge.train.stop_signals import record_stop_signals, take_stop_signal
 
 
 class StoppedBySignal(Exception):
@@ -25,24 +22,22 @@ class StoppedBySignal(Exception):
 
 
 class StopOnSignal(Callback):
-    """Records a stop signal in its handler, and at the next step end (agreed over all ranks, which may have
-    received it at different steps) stops training; Composer's checkpoint saver then saves, as at any end of
-    training. The handlers are installed when the object is made, so a signal during set-up is not fatal."""
+    """At each step end, asks whether any rank has recorded a stop signal (ranks may receive it at different
+    steps, so they agree by an all-reduce) and if so stops training; Composer's checkpoint saver then saves, as at
+    any end of training. ``bertforge train`` records signals from its first moment (``stop_signals``); making
+    this callback records them too, for runs started from Python."""
 
-    def __init__(self, signals: tuple[signal.Signals, ...] = STOP_SIGNALS):
+    def __init__(self):
         self.received: signal.Signals | None = None
         self.stopped_at_batch: int | None = None
-        for sig in signals:
-            signal.signal(sig, self._record)
-
-    def _record(self, signum: int, frame) -> None:
-        self.received = signal.Signals(signum)
+        record_stop_signals()
 
     def batch_end(self, state: State, logger: Logger) -> None:
-        flag = state.device.tensor_to_device(torch.tensor([0 if self.received is None else int(self.received)]))
+        mine = take_stop_signal()
+        flag = state.device.tensor_to_device(torch.tensor([0 if mine is None else int(mine)]))
         dist.all_reduce(flag, reduce_operation="MAX")
         if int(flag.item()) and self.stopped_at_batch is None:
-            self.received = self.received or signal.Signals(int(flag.item()))
+            self.received = mine or signal.Signals(int(flag.item()))
             self.stopped_at_batch = int(state.timestamp.batch)
             state.stop_training()
             if dist.get_global_rank() == 0:
