@@ -45,6 +45,9 @@ def _tokenizer_train(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from bertforge.train.stop_signals import record_stop_signals
+
+    record_stop_signals()  # first, before torch is imported: see bertforge.train.stop_signals
     from bertforge.train.config import load_train_config, resolved_yaml
 
     config = load_train_config(args.config, args.overrides)
@@ -198,11 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.func is _train:
-        from bertforge.train.stop_signals import record_stop_signals
-
-        record_stop_signals()  # before torch is imported; see bertforge.train.stop_signals
-    from bertforge.model.hf_io import CheckpointError
+    from bertforge.errors import CheckpointError
     from bertforge.schema import ConfigError
 
     try:

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bertforge.atomic import atomic_path, write_text_atomic
+from bertforge.errors import CheckpointError
 from bertforge.model.config import ModernBertConfig
 from bertforge.model.modernbert import ModernBertForMaskedLM
 
@@ -32,10 +33,6 @@ _HF_DEFAULTS = {"vocab_size": 50368, "hidden_size": 768, "intermediate_size": 11
                 "sep_token_id": 50282, "global_rope_theta": 160000.0, "local_rope_theta": 10000.0,
                 "local_attention": 128, "global_attn_every_n_layers": 3, "attention_dropout": 0.0,
                 "embedding_dropout": 0.0, "mlp_dropout": 0.0}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model; the message names the tensors and the shapes."""
 
 
 def to_hf_config(config: ModernBertConfig) -> dict[str, Any]:

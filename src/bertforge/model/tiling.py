@@ -14,7 +14,8 @@ import re
 
 import torch
 
-from bertforge.model.hf_io import TIED_KEY, CheckpointError
+from bertforge.errors import CheckpointError
+from bertforge.model.hf_io import TIED_KEY
 
 # Tensors made of equal parts along dim 0, each part to be tiled on its own.
 _FUSED_PARTS = {"attn.Wqkv.weight": 3, "mlp.Wi.weight": 2}

@@ -35,6 +35,8 @@ def take_stop_signal() -> signal.Signals | None:
     does not also stop the next run in the same process."""
     global _received
     taken = _received
-    if taken is not None:  # clear only what was taken: a signal that lands in between is kept, not lost
+    # Clear only when something was taken, so a signal that arrives after an empty read is kept; one that arrives
+    # just after a non-empty read repeats the stop already under way.
+    if taken is not None:
         _received = None
     return taken
