@@ -15,7 +15,8 @@ import time
 def measure(mds: str, tokenizer: str, seq_len: int, rows: int, workers: int, seconds: float) -> dict:
     from streaming.base.util import clean_stale_shared_memory
 
-    from bertforge.data.loader import DataConfig, PackedMLMLoader, StreamConfig
+    from bertforge.data.config import DataConfig, StreamConfig
+    from bertforge.data.loader import PackedMLMLoader
 
     clean_stale_shared_memory()
     streams = {name: StreamConfig(local=f"{mds}/{name}", proportion=p)

@@ -17,8 +17,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-
 
 def rss_gib() -> float:
     return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**30
@@ -32,7 +30,6 @@ def child(side: str, preset: str, seq_len: int, tokens: int, device_name: str, m
     # bringing the machine down; the parent reports it as "more than the cap".
     resource.setrlimit(resource.RLIMIT_AS, (int(limit_gib * 2**30), int(limit_gib * 2**30)))
 
-    sys.path.insert(0, str(HERE))
     from model_step import hf_twin, make_step, padded_from_packed, sample_batch
 
     from bertforge.model import ModernBertForMaskedLM, load_model_config

@@ -22,9 +22,8 @@ from pathlib import Path
 
 import torch
 
+from bertforge.labels import IGNORE_INDEX
 from bertforge.model import ModernBertForMaskedLM, load_model_config
-
-IGNORE_INDEX = -100
 
 
 def sample_batch(mds: str, tokenizer: str, seq_len: int, tokens: int, mask_rate: float = 0.3) -> dict:
@@ -32,7 +31,8 @@ def sample_batch(mds: str, tokenizer: str, seq_len: int, tokens: int, mask_rate:
     longer than ``seq_len`` is cut into pieces, as the packer does), masked as in training, concatenated."""
     import numpy as np
 
-    from bertforge.data.loader import DataConfig, PackedMLMLoader, StreamConfig
+    from bertforge.data.config import DataConfig, StreamConfig
+    from bertforge.data.loader import PackedMLMLoader
     from bertforge.data.masking import mask_tokens
 
     streams = {name: StreamConfig(local=f"{mds}/{name}", proportion=p)

@@ -20,6 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bertforge.train.run_folder import RunFolder
+
 
 def run(config: str, tokens: int, compiled: bool, overrides: list[str], folder: Path) -> dict:
     bertforge = str(Path(sys.executable).with_name("bertforge"))
@@ -30,7 +32,8 @@ def run(config: str, tokens: int, compiled: bool, overrides: list[str], folder: 
     wall = time.perf_counter() - start
     if result.returncode:
         sys.exit(f"run failed:\n{result.stderr[-3000:]}")
-    return {"wall_s": wall, "rows": [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]}
+    metrics = RunFolder(folder).metrics
+    return {"wall_s": wall, "rows": [json.loads(line) for line in metrics.read_text().splitlines()]}
 
 
 def main() -> None:

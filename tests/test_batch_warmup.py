@@ -1,4 +1,4 @@
-from bertforge.data.batch_warmup import global_batch_at
+from bertforge.train.steps import global_batch_at
 
 
 def test_modernbert_base_warmup_at_key_points():

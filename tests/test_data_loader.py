@@ -14,7 +14,8 @@ import torch
 import yaml
 from helpers import free_port
 
-from bertforge.data.loader import DataConfig, PackedMLMLoader, StreamConfig
+from bertforge.data.config import DataConfig, StreamConfig
+from bertforge.data.loader import PackedMLMLoader
 from bertforge.data.masking import mask_tokens
 from bertforge.data.packing import BestFitPacker
 from bertforge.data.prep import prepare
@@ -156,7 +157,8 @@ def test_two_ranks_get_disjoint_data(tmp_path, sample_data):
     script = tmp_path / "rank.py"
     script.write_text(
         "import json, sys\n"
-        "from bertforge.data.loader import DataConfig, PackedMLMLoader, StreamConfig\n"
+        "from bertforge.data.config import DataConfig, StreamConfig\n"
+        "from bertforge.data.loader import PackedMLMLoader\n"
         "from bertforge.data.tokenizer import load_tokenizer\n"
         "cfg = DataConfig(tokenizer=sys.argv[1], streams={'u': StreamConfig(local=sys.argv[2])},\n"
         "                 max_seq_len=64, micro_batch_size=2, buffer_docs=16)\n"

@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from bertforge.train.schedules import ScheduleConfig, lr_multiplier
+from bertforge.train.config import ScheduleConfig
+from bertforge.train.schedules import lr_multiplier
 
 T = 2_000_000_000_000
 

@@ -13,8 +13,9 @@ import yaml
 from helpers import free_port, read_metrics, run_config, wandb_runs
 
 from bertforge.schema import ConfigError
-from bertforge.train.config import load_train_config
-from bertforge.train.schedules import ScheduleConfig, lr_multiplier
+from bertforge.train.config import ScheduleConfig, load_train_config
+from bertforge.train.preflight import check_batch
+from bertforge.train.schedules import lr_multiplier
 
 BERTFORGE = str(Path(sys.executable).with_name("bertforge"))
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,7 +139,7 @@ def test_tokenizer_larger_than_the_model_is_refused(tmp_path, sample_data):
 def test_batch_not_divisible_by_ranks_is_refused(tmp_path, sample_data):
     config = load_train_config(run_config(tmp_path, sample_data, "div", global_batch_size=6))
     with pytest.raises(ConfigError, match=r"'global_batch_size' \(6\) must be divisible by the number of ranks \(4\)"):
-        config.check_world(4)
+        check_batch(config, 4)
 
 
 def test_print_config_resolves_includes(tmp_path, sample_data):
@@ -149,12 +150,12 @@ def test_print_config_resolves_includes(tmp_path, sample_data):
 
 
 def test_checkpoints_newer_than_latest_are_set_aside_not_deleted(tmp_path):
-    from bertforge.train.run import set_aside_unfinished_checkpoints
+    from bertforge.train.run_folder import RunFolder
 
     (tmp_path / "ep0-ba4-rank0.pt").write_bytes(b"complete")
     (tmp_path / "ep0-ba8-rank0.pt").write_bytes(b"partial")
     (tmp_path / "latest-rank0.pt").symlink_to("ep0-ba4-rank0.pt")
-    moved = set_aside_unfinished_checkpoints(tmp_path)
+    moved = RunFolder(tmp_path).set_aside_unfinished_checkpoints()
     assert [p.name for p in moved] == ["ep0-ba8-rank0.pt"]
     assert (tmp_path / "incomplete" / "ep0-ba8-rank0.pt").read_bytes() == b"partial"
     assert (tmp_path / "ep0-ba4-rank0.pt").is_file()
@@ -246,7 +247,7 @@ def test_compiled_model_trains_like_the_eager_one(tmp_path, sample_data):
 
 @pytest.mark.slow
 def test_batch_size_warmup_grows_the_step_and_resumes_where_it_was(tmp_path, sample_data):
-    from bertforge.data.batch_warmup import global_batch_at
+    from bertforge.train.steps import global_batch_at
 
     config = run_config(tmp_path, sample_data, "warm", max_duration="8192tok", global_batch_size=8,
                          batch_warmup={"start": 2, "tokens": 4096}, checkpoint={"interval": "3ba", "keep": -1})

@@ -45,18 +45,17 @@ def _tokenizer_train(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from bertforge.train.stop_signals import record_stop_signals
+    from bertforge.train.signals import REQUEUE_EXIT_CODE, record_stop_signals
 
-    record_stop_signals()  # first, before torch is imported: see bertforge.train.stop_signals
+    record_stop_signals()  # first, before torch is imported: see bertforge.train.signals
     from bertforge.train.config import load_train_config, resolved_yaml
 
     config = load_train_config(args.config, args.overrides)
     if args.print_config:
         print(resolved_yaml(config), end="")
         return
-    from bertforge.train.preemption import StoppedBySignal
+    from bertforge.train.callbacks.stop_on_signal import StoppedBySignal
     from bertforge.train.run import train
-    from bertforge.train.stop_signals import REQUEUE_EXIT_CODE
 
     try:
         print(f"run finished; checkpoints and metrics in {train(config)}")

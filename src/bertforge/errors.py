@@ -1,6 +1,6 @@
 """Errors about a checkpoint's contents, kept free of torch imports so that the CLI can name them in its error
 handling without loading torch before a subcommand starts (``bertforge train`` must install its signal handlers
-first; see ``bertforge.train.stop_signals``)."""
+first; see ``bertforge.train.signals``)."""
 
 
 class CheckpointError(ValueError):

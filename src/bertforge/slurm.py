@@ -1,9 +1,9 @@
 """`bertforge slurm`: render a run's sbatch script from slurm/bertforge.sbatch, check it against the cluster,
 save it next to the run and submit it.
 
-Everything that can be checked before the job waits in the queue is checked here (the config, the global batch
-against the job's ranks, the data paths, the partition's nodes and GPUs), so a mistake costs seconds, not a
-queue wait.
+Everything that can be checked before the job waits in the queue is checked here: the run, by the same preflight
+`bertforge train` runs (with the job's ranks and device), and the partition's nodes and GPUs; so a mistake costs
+seconds, not a queue wait.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 from bertforge.atomic import write_text_atomic
 from bertforge.paths import REPO_ROOT
 from bertforge.schema import ConfigError
+from bertforge.train.run_folder import RunFolder
 
 TEMPLATE = REPO_ROOT / "slurm" / "bertforge.sbatch"
 _FIELD = re.compile(r"{{(\w+)}}")
@@ -77,13 +78,13 @@ def sbatch_options(job: SlurmJob, run_name: str, log: Path) -> list[str]:
     return [f"#SBATCH {option}" for option in options]
 
 
-def render_script(config_path: str | Path, overrides: list[str], job: SlurmJob, run_name: str, save_folder: Path,
+def render_script(config_path: str | Path, overrides: list[str], job: SlurmJob, run_name: str, folder: RunFolder,
                   workdir: Path, template: Path = TEMPLATE) -> str:
-    from bertforge.train.stop_signals import REQUEUE_EXIT_CODE
+    from bertforge.train.signals import REQUEUE_EXIT_CODE
 
     command = [sys.executable, "-m", "bertforge.train", str(Path(config_path).resolve()), *overrides]
     fields = {
-        "sbatch_options": "\n".join(sbatch_options(job, run_name, save_folder / "slurm" / "slurm-%j.out")),
+        "sbatch_options": "\n".join(sbatch_options(job, run_name, folder.slurm / "slurm-%j.out")),
         "workdir": shlex.quote(str(workdir)),
         "ranks_per_node": str(job.ranks_per_node),
         "train_command": shlex.join(command),
@@ -144,17 +145,15 @@ def check_against_cluster(job: SlurmJob) -> str:
 def prepare_job(config_path: str | Path, overrides: list[str], job: SlurmJob, submit: bool) -> tuple[Path, str]:
     """Check the config (and, to submit, the cluster), write the script next to the run; return it and its text."""
     from bertforge.train.config import load_train_config
-    from bertforge.train.run import check_data_paths, check_tokenizer_fits
+    from bertforge.train.preflight import preflight
 
     config = load_train_config(config_path, overrides)
-    config.check_world(job.world_size)
-    check_data_paths(config)
-    check_tokenizer_fits(config)
+    preflight(config, job.world_size, device="gpu" if job.gpus_per_node else "cpu")
     if submit:
         check_against_cluster(job)
-    save_folder = Path(config.save_folder).resolve()
-    text = render_script(config_path, overrides, job, config.run_name, save_folder, Path.cwd())
-    script = save_folder / "slurm" / f"{config.run_name}.sbatch"
+    folder = RunFolder(Path(config.save_folder).resolve())
+    text = render_script(config_path, overrides, job, config.run_name, folder, Path.cwd())
+    script = folder.slurm / f"{config.run_name}.sbatch"
     script.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(script, text)
     return script, text

@@ -11,74 +11,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from bertforge.data.masking import IGNORE_INDEX, mask_tokens, random_token_pool
+from bertforge.data.config import DataConfig
+from bertforge.data.masking import mask_tokens, random_token_pool
 from bertforge.data.packing import BestFitPacker, PackedRows
 from bertforge.data.tokenizer import load_tokenizer, special_ids
+from bertforge.labels import IGNORE_INDEX
 from bertforge.schema import ConfigError
-
-
-@dataclass
-class StreamConfig:
-    local: str
-    """Directory of a prepared MDS dataset (the output of `bertforge prep` for one source), or its local cache."""
-    remote: str | None = None
-    """Remote copy (s3://, gs://, ...) streamed into ``local``; None reads ``local`` in place."""
-    proportion: float | None = None
-    """Share of the mixture; give it for every stream or for none."""
-    repeat: float | None = None
-    """Up- or down-sample this stream by this factor instead of a proportion."""
-
-
-@dataclass
-class DataConfig:
-    tokenizer: str
-    """HuggingFace tokenizer name or directory; must be the one the shards were prepared with."""
-    streams: dict[str, StreamConfig] = field(default_factory=dict)
-    """Named sources of the mixture."""
-    max_seq_len: int = 1024
-    """Token slots per packed row."""
-    micro_batch_size: int = 0
-    """Rows per micro-batch on one rank; a training step accumulates global_batch_size / (ranks x this) of them.
-    0: a rank's whole share of the step in one micro-batch (no gradient accumulation)."""
-    mask_rate: float = 0.3
-    """Fraction of non-special tokens chosen for MLM prediction."""
-    shuffle: bool = True
-    """Shuffle samples (StreamingDataset's shuffle, seeded)."""
-    seed: int = 17
-    """Seed of the shuffle and of masking."""
-    buffer_docs: int = 2048
-    """Documents the packer holds to choose from; more gives fuller rows."""
-    doc_batch: int = 64
-    """Documents read from the stream at a time (StreamingDataset batch_size)."""
-    num_workers: int = 0
-    """DataLoader workers reading shards."""
-    num_canonical_nodes: int = 0
-    """StreamingDataset's shuffle grain; 0 means streaming's default (64 per node). Keep it fixed across a run's
-    restarts, or the sample order changes."""
-    pack_across_ranks: bool = False
-    """Every rank reads the whole stream, packs and masks the whole global batch and keeps its own rows, so the
-    batches (and the loss) are the same for any number of ranks and a run may resume on a different number. It
-    costs each rank the reading of all the data (world_size times the I/O), which is fine within a node or two;
-    beyond that keep it off and each rank reads and packs its own share."""
-
-    def __post_init__(self) -> None:
-        if not self.streams:
-            raise ConfigError("'streams' is empty; name at least one prepared source")
-        with_proportion = [name for name, s in self.streams.items() if s.proportion is not None]
-        if with_proportion and len(with_proportion) != len(self.streams):
-            missing = sorted(set(self.streams) - set(with_proportion))
-            raise ConfigError(f"give 'proportion' for every stream or for none; missing for: {', '.join(missing)}")
-        if not 0.0 < self.mask_rate < 1.0:
-            raise ConfigError(f"'mask_rate' must be in (0, 1), got {self.mask_rate}")
-        if self.micro_batch_size < 0:
-            raise ConfigError(f"'micro_batch_size' must be >= 0, got {self.micro_batch_size}")
-        if self.max_seq_len < 8:
-            raise ConfigError(f"'max_seq_len' must be at least 8, got {self.max_seq_len}")
 
 
 @dataclass
@@ -110,10 +53,13 @@ def _dist_info() -> tuple[int, int]:
 
 
 class PackedMLMLoader:
-    def __init__(self, config: DataConfig, *, vocab_size: int | None = None):
+    def __init__(self, config: DataConfig, *, micro_batch_rows: int | None = None, vocab_size: int | None = None):
+        """``micro_batch_rows``: rows per micro-batch on this rank, when the trainer derives it (a
+        ``micro_batch_size`` of 0 means the rank's whole share of a step); else ``config.micro_batch_size``."""
         from streaming import Stream, StreamingDataset
 
-        if config.micro_batch_size <= 0:
+        self.micro_batch_rows = micro_batch_rows or config.micro_batch_size
+        if self.micro_batch_rows <= 0:
             raise ConfigError("the loader needs micro_batch_size > 0 (rows per micro-batch on one rank)")
         self.config = config
         tokenizer = load_tokenizer(config.tokenizer)
@@ -166,7 +112,7 @@ class PackedMLMLoader:
         self.sample_in_epoch = 0
 
     def _drain(self) -> Iterator[PackedBatch]:
-        rows = self.config.micro_batch_size * (self.world_size // self.readers)
+        rows = self.micro_batch_rows * (self.world_size // self.readers)
         while self.packer.full:
             yield self._make_batch(self.packer.pack(rows))
 
@@ -176,7 +122,7 @@ class PackedMLMLoader:
                                      self.mask_id, self.special, self.pool)
         rows, docs = packed.rows, slice(None)
         if self.readers == 1 and self.world_size > 1:  # the global batch: keep this rank's rows
-            rows = self.config.micro_batch_size
+            rows = self.micro_batch_rows
             bounds = np.concatenate([[0], np.cumsum(packed.docs_per_row)])
             first = min(self.rank * rows, packed.rows)
             docs = slice(int(bounds[first]), int(bounds[min(first + rows, packed.rows)]))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-IGNORE_INDEX = -100
+from bertforge.labels import IGNORE_INDEX
 
 
 def random_token_pool(vocab_size: int, excluded: set[int]) -> np.ndarray:

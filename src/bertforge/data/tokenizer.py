@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,14 +30,42 @@ def load_tokenizer(name_or_path: str):
         raise FileNotFoundError(f"cannot load tokenizer '{name_or_path}': {err}") from None
 
 
+def tokenizer_size_and_specials(name_or_path: str) -> tuple[int, SpecialIds]:
+    """The tokenizer's size (with added tokens) and special ids, as ``len(load_tokenizer(x))`` and
+    ``special_ids(load_tokenizer(x))`` give them.
+
+    A local directory saved by ``save_pretrained`` is read with ``tokenizers`` and its JSON config alone, because
+    importing ``transformers`` imports torch (seconds), and run checks (``bertforge slurm``, the preflight) should
+    not wait for it; other tokenizers (a hub name) go through ``transformers``.
+    """
+    path = Path(name_or_path)
+    if not ((path / "tokenizer.json").is_file() and (path / "tokenizer_config.json").is_file()):
+        tokenizer = load_tokenizer(name_or_path)
+        return len(tokenizer), special_ids(tokenizer)
+    from tokenizers import Tokenizer
+
+    fast = Tokenizer.from_file(str(path / "tokenizer.json"))
+    settings = json.loads((path / "tokenizer_config.json").read_text())
+
+    def token_id(name: str) -> int | None:
+        token = settings.get(f"{name}_token")
+        token = token.get("content") if isinstance(token, dict) else token
+        return fast.token_to_id(token) if token else None
+
+    return fast.get_vocab_size(with_added_tokens=True), _collect_special_ids(token_id, name_or_path)
+
+
 def special_ids(tokenizer) -> SpecialIds:
+    return _collect_special_ids(lambda name: getattr(tokenizer, f"{name}_token_id"), tokenizer.name_or_path)
+
+
+def _collect_special_ids(token_id: Callable[[str], int | None], source: str) -> SpecialIds:
     ids = {}
     for name in ("cls", "sep", "pad", "mask"):
-        value = getattr(tokenizer, f"{name}_token_id")
-        if value is None:
-            raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has no {name} token; bertforge frames documents "
-                             f"as [CLS] ... [SEP] and masks with [MASK]")
-        ids[name] = value
+        ids[name] = token_id(name)
+        if ids[name] is None:
+            raise ValueError(f"tokenizer {source!r} has no {name} token; bertforge frames documents as "
+                             f"[CLS] ... [SEP] and masks with [MASK]")
     return SpecialIds(**ids)
 
 

@@ -9,12 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bertforge.labels import IGNORE_INDEX
 from bertforge.model.config import ModernBertConfig
 from bertforge.model.init import init_weights
 from bertforge.model.layers import Embeddings, EncoderLayer, PredictionHead, layer_norm
 from bertforge.model.layout import make_layout
-
-IGNORE_INDEX = -100
 
 
 @dataclass

@@ -6,7 +6,8 @@ import torch
 from composer.models import ComposerModel
 from torchmetrics import Metric
 
-from bertforge.model import IGNORE_INDEX, ModernBertForMaskedLM
+from bertforge.labels import IGNORE_INDEX
+from bertforge.model import ModernBertForMaskedLM
 
 
 class MaskedAccuracy(Metric):

@@ -1,5 +1,10 @@
 """The training run config: every YAML key of `bertforge train`, with its default and meaning.
 
+This module imports only the standard library and the schema helper (OmegaConf is loaded inside the loader
+function), so `bertforge plan`, `bertforge slurm` and `bertforge train --print-config` read a run without
+loading torch. Checks that need more than one key, or the number of ranks, or the files a run reads, live in
+``bertforge.train.preflight``; the ``__post_init__`` checks here are about one value each.
+
 A run file may pull in other YAML files with ``includes:``, a mapping from a config key to a file
 (``model: models/tiny.yaml``; the key ``.`` merges a file at the top level). Paths are relative to the including
 file, else to ``yamls/``. The run file's own keys, then command-line ``key=value`` overrides, win.
@@ -7,19 +12,77 @@ file, else to ``yamls/``. The run file's own keys, then command-line ``key=value
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from bertforge.data.loader import DataConfig
+from bertforge.data.config import DataConfig
 from bertforge.model.config import ModernBertConfig
 from bertforge.paths import YAMLS_DIR
 from bertforge.schema import ConfigError, build
-from bertforge.train.optim import OptimizerConfig
-from bertforge.train.phases import PhaseConfig, predecessor_path
-from bertforge.train.schedules import ScheduleConfig
-from bertforge.train.steps import BatchWarmupConfig
-from bertforge.train.wandb_logging import WandbConfig
+
+_TIME = re.compile(r"^(\d+)(tok|ba|ep|sp)$")
+
+
+def parse_time(text: str, key: str) -> tuple[int, str]:
+    """A Composer time string ('1000000tok', '500ba', '1ep', '64sp') as (count, unit); the one parser of them."""
+    match = _TIME.match(text)
+    if not match:
+        raise ConfigError(f"'{key}' must be a Composer time like '1000000tok' (real tokens), '100ba' (batches), "
+                          f"'1ep' or '64sp', got {text!r}")
+    return int(match.group(1)), match.group(2)
+
+
+@dataclass
+class OptimizerConfig:
+    name: Literal["stableadamw", "adamw"] = "stableadamw"
+    """stableadamw (torch-optimi, AdamW with update clipping) or adamw (decoupled AdamW)."""
+    lr: float = 8e-4
+    """Peak learning rate."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    """Adam betas."""
+    eps: float = 1e-6
+    """Adam epsilon."""
+    weight_decay: float = 1e-5
+    """Decoupled weight decay, applied to matrices and embeddings only."""
+
+
+@dataclass
+class ScheduleConfig:
+    name: Literal["wsd", "constant", "cosine"] = "wsd"
+    """wsd (warmup, stable, decay), constant (after warmup), or cosine (warmup then cosine to min)."""
+    warmup_tokens: int = 0
+    """Linear warmup from 0 over this many tokens."""
+    decay_tokens: int = 0
+    """wsd only: the final decay lasts this many tokens (0: no decay)."""
+    decay_shape: Literal["linear", "cosine", "1-sqrt"] = "linear"
+    """wsd only: shape of the final decay."""
+    min_lr_ratio: float = 0.0
+    """LR at the end of a decay, as a fraction of the peak."""
+
+    def __post_init__(self) -> None:
+        if self.warmup_tokens < 0 or self.decay_tokens < 0:
+            raise ConfigError("'warmup_tokens' and 'decay_tokens' must be >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"'min_lr_ratio' must be in [0, 1], got {self.min_lr_ratio}")
+
+    @property
+    def decays(self) -> bool:
+        """Whether the LR falls over the run, which needs the run's length in tokens."""
+        return bool(self.decay_tokens) or self.name == "cosine"
+
+
+@dataclass
+class BatchWarmupConfig:
+    start: int = 0
+    """Global batch (rows) at the first step; 0 disables the warmup."""
+    tokens: int = 0
+    """The batch grows linearly to global_batch_size over this many tokens (counted as rows x max_seq_len)."""
+
+    def __post_init__(self) -> None:
+        if self.start < 0 or self.tokens < 0:
+            raise ConfigError("'batch_warmup.start' and 'batch_warmup.tokens' must be >= 0")
 
 
 @dataclass
@@ -37,6 +100,35 @@ class CheckpointConfig:
     state_dict_type: Literal["sharded", "full"] = "sharded"
     """fsdp2 only: 'sharded' writes a directory of per-rank shards (torch.distributed.checkpoint), 'full' one
     monolithic .pt gathered on rank 0. DDP and single-process runs always write a monolithic .pt."""
+
+    def __post_init__(self) -> None:
+        parse_time(self.interval, "checkpoint.interval")
+
+
+@dataclass
+class PhaseConfig:
+    after: str | None = None
+    """Run config of the phase this one follows (relative to this file); start from its final checkpoint."""
+    load: Literal["weights", "weights_and_optimizer"] = "weights"
+    """What to take from the predecessor: its weights, or its weights and optimizer state (the token clock,
+    schedule and data position always start afresh)."""
+
+
+@dataclass
+class WandbConfig:
+    enabled: bool = False
+    """Log to Weights & Biases (WANDB_MODE=offline works without a network)."""
+    project: str = "bertforge"
+    """W&B project."""
+    entity: str | None = None
+    """W&B entity (team or user); None uses the logged-in default."""
+    group: str | None = None
+    """W&B group, e.g. the name of a phase chain."""
+    tags: list[str] = field(default_factory=list)
+    """W&B run tags."""
+    run_id: str | None = None
+    """W&B run id; None takes WANDB_RUN_ID, else the id saved in save_folder, else a new one, so a resumed or
+    requeued run keeps logging to the same W&B run."""
 
 
 @dataclass
@@ -70,8 +162,8 @@ class TrainConfig:
     """With init_from: the directory holds a smaller ModernBERT (same vocabulary), whose weights are tiled into
     this model's larger shapes (how ModernBERT-large started from base)."""
     paths: dict[str, str] = field(default_factory=dict)
-    """Named locations for ${paths.NAME} interpolation elsewhere in the config (data roots, tokenizer), so a
-    recipe's paths are set in one place."""
+    """Named locations for ${paths.NAME} interpolation elsewhere in the config (data roots, tokenizer), so the
+    paths of a chain of phases are set in one place."""
     wandb: WandbConfig = field(default_factory=WandbConfig)
     """Weights & Biases logging."""
     precision: Literal["auto", "fp32", "amp_bf16"] = "auto"
@@ -95,36 +187,25 @@ class TrainConfig:
         self.save_folder = self.save_folder or f"runs/{self.run_name}"
         if self.global_batch_size <= 0:
             raise ConfigError(f"'global_batch_size' must be positive, got {self.global_batch_size}")
-        if not self.max_duration.endswith(("tok", "ba", "ep", "sp")):
-            raise ConfigError(f"'max_duration' must be a Composer time like '1000000tok' or '100ba', "
-                              f"got {self.max_duration!r}")
+        parse_time(self.max_duration, "max_duration")
 
     @property
     def total_tokens(self) -> int | None:
         """The run's length in real tokens, when max_duration is given in tokens."""
-        return int(self.max_duration[:-3]) if self.max_duration.endswith("tok") else None
-
-    def check_world(self, world_size: int) -> None:
-        """Combinations that only make sense once the number of ranks is known; before any model is built."""
-        if self.global_batch_size % world_size:
-            raise ConfigError(f"'global_batch_size' ({self.global_batch_size}) must be divisible by the number of "
-                              f"ranks ({world_size}); use a multiple of {world_size}")
-        step = world_size * self.micro_batch_rows(world_size)
-        for key, rows in (("global_batch_size", self.global_batch_size), ("batch_warmup.start", self.batch_warmup.start)):
-            if rows % step:
-                raise ConfigError(f"'{key}' ({rows}) must be a multiple of ranks x data.micro_batch_size "
-                                  f"({world_size} x {self.micro_batch_rows(world_size)} = {step}); use "
-                                  f"{max(step, rows // step * step)} or change data.micro_batch_size")
-        if self.batch_warmup.start > self.global_batch_size:
-            raise ConfigError(f"'batch_warmup.start' ({self.batch_warmup.start}) is larger than 'global_batch_size' "
-                              f"({self.global_batch_size}); the warmup grows the batch towards it")
+        count, unit = parse_time(self.max_duration, "max_duration")
+        return count if unit == "tok" else None
 
     def micro_batch_rows(self, world_size: int) -> int:
         """Rows of one micro-batch on one rank: data.micro_batch_size, or the rank's whole share when 0."""
-        if self.data.micro_batch_size == 0 and self.batch_warmup.start:
-            raise ConfigError("batch_warmup needs data.micro_batch_size > 0: steps of different sizes are made of "
-                              "whole micro-batches")
         return self.data.micro_batch_size or self.global_batch_size // world_size
+
+
+def predecessor_path(after: str, source: Path) -> Path:
+    """The run config that ``phase.after`` (as written in ``source``) names, relative to ``source``'s folder."""
+    path = (source.parent / after) if not Path(after).is_absolute() else Path(after)
+    if not path.is_file():
+        raise ConfigError(f"{source}: phase.after names '{after}', but {path} does not exist")
+    return path
 
 
 def _load_with_includes(path: Path, seen: tuple[Path, ...] = ()) -> Any:

@@ -7,33 +7,16 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
-
 from bertforge.model import ModernBertConfig, ModernBertForMaskedLM
 from bertforge.model.hf_io import load_state_dict_checked
-
-
-def _read_checkpoint_state(path: Path) -> dict:
-    """The ``state`` of a monolithic checkpoint, or the model and RunState parts of a sharded (DCP) one, read
-    in this one process without the optimizer state (no process group needed)."""
-    if not path.is_dir():
-        return torch.load(path, map_location="cpu", weights_only=False)["state"]
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
-
-    if not (path / ".metadata").is_file():
-        raise ValueError(f"{path}: a directory but not a sharded checkpoint (no .metadata)")
-    reader = FileSystemReader(str(path))
-    keys = {key for key in reader.read_metadata().state_dict_metadata
-            if key.startswith(("state.model.", "state.callbacks.RunState.model_config"))}
-    return _load_state_dict_from_keys(keys, storage_reader=reader)["state"]
+from bertforge.train.run_folder import read_checkpoint_state
 
 
 def load_checkpoint_model(path: str | Path) -> ModernBertForMaskedLM:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at '{path}'")
-    state = _read_checkpoint_state(path)
+    state = read_checkpoint_state(path)
     run_state = next((v for k, v in state.get("callbacks", {}).items() if k.startswith("RunState")), None)
     if run_state is None:
         raise ValueError(f"{path}: not a bertforge checkpoint (no RunState with the model config)")

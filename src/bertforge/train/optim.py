@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
-
 import torch
 from torch import nn
 
-
-@dataclass
-class OptimizerConfig:
-    name: Literal["stableadamw", "adamw"] = "stableadamw"
-    """stableadamw (torch-optimi, AdamW with update clipping) or adamw (decoupled AdamW)."""
-    lr: float = 8e-4
-    """Peak learning rate."""
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
-    """Adam betas."""
-    eps: float = 1e-6
-    """Adam epsilon."""
-    weight_decay: float = 1e-5
-    """Decoupled weight decay, applied to matrices and embeddings only."""
+from bertforge.train.config import OptimizerConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -7,42 +7,16 @@ checkpoint is, so nothing has to be copied by hand between phases.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 from bertforge.schema import ConfigError
+from bertforge.train.config import TrainConfig, load_train_config, predecessor_path
+from bertforge.train.run_folder import RunFolder
 
 
-@dataclass
-class PhaseConfig:
-    after: str | None = None
-    """Run config of the phase this one follows (relative to this file); start from its final checkpoint."""
-    load: Literal["weights", "weights_and_optimizer"] = "weights"
-    """What to take from the predecessor: its weights, or its weights and optimizer state (the token clock,
-    schedule and data position always start afresh)."""
-
-
-def predecessor_path(after: str, source: Path) -> Path:
-    path = (source.parent / after) if not Path(after).is_absolute() else Path(after)
-    if not path.is_file():
-        raise ConfigError(f"{source}: phase.after names '{after}', but {path} does not exist")
-    return path
-
-
-def final_checkpoint(save_folder: str | Path) -> Path:
-    """The checkpoint a finished phase ended with (Composer's ``latest`` link, followed)."""
-    latest = Path(save_folder) / "latest-rank0.pt"
-    if not latest.exists():
-        raise ConfigError(f"the previous phase has no checkpoint in '{save_folder}' (no latest-rank0.pt); run it "
-                          f"first, or set checkpoint.load_path yourself")
-    return latest.resolve()
-
-
-def load_chain(path: str | Path, overrides: list[str] | None = None) -> list[tuple[Path, object]]:
+def load_chain(path: str | Path, overrides: list[str] | None = None) -> list[tuple[Path, TrainConfig]]:
     """The phase at ``path`` and all its predecessors, first phase first, as (file, TrainConfig)."""
-    from bertforge.train.config import load_train_config
-
     chain, seen = [], []
     current: Path | None = Path(path)
     while current is not None:
@@ -60,18 +34,33 @@ def load_chain(path: str | Path, overrides: list[str] | None = None) -> list[tup
 FRESH_STATE_KEYS = ["state/timestamp", "state/callbacks/*", "state/schedulers", "state/dataset_state", "rng"]
 
 
-def start_after_predecessor(config) -> dict:
-    """Point the run at its predecessor's final checkpoint; return the lineage to record ({} for a first phase).
+@dataclass
+class StartingPoint:
+    """What a run loads before its first step (unless autoresume finds a checkpoint of its own)."""
 
-    Returns the predecessor config file, the checkpoint, and the tokens the earlier phases trained on.
+    load_path: str | None = None
+    """A checkpoint to load: the predecessor's final one, or ``checkpoint.load_path``; None for a fresh start."""
+    weights_only: bool = False
+    """Take only the model weights from it."""
+    ignore_keys: list[str] | None = None
+    """Checkpoint state to leave out (a new phase's clock, data position and RNG)."""
+    lineage: dict = field(default_factory=dict)
+    """Where the weights came from, recorded in every checkpoint and the W&B config."""
+
+
+def starting_point(config: TrainConfig) -> StartingPoint:
+    """Where ``config`` starts: after its predecessor phase, from ``checkpoint.load_path``, or fresh.
+
+    For a phase, the lineage holds the predecessor config file, its final checkpoint, the phases of the chain and
+    the tokens they trained on; ``init_from`` is recorded too.
     """
+    lineage = {"init_from": config.init_from} if config.init_from else {}
     if not config.phase.after:
-        return {}
+        return StartingPoint(config.checkpoint.load_path, config.checkpoint.load_weights_only, lineage=lineage)
     chain = load_chain(config.phase.after)
-    previous = chain[-1][1]
-    checkpoint = final_checkpoint(previous.save_folder)
-    config.checkpoint.load_path = str(checkpoint)
-    config.checkpoint.load_weights_only = config.phase.load == "weights"
+    checkpoint = RunFolder(chain[-1][1].save_folder).final_checkpoint()
     tokens = [c.total_tokens for _, c in chain]
-    return {"after": config.phase.after, "checkpoint": str(checkpoint), "phases": [c.run_name for _, c in chain],
-            "tokens_before": sum(tokens) if None not in tokens else None}
+    lineage = {"after": config.phase.after, "checkpoint": str(checkpoint), "phases": [c.run_name for _, c in chain],
+               "tokens_before": sum(tokens) if None not in tokens else None} | lineage
+    weights_only = config.phase.load == "weights"
+    return StartingPoint(str(checkpoint), weights_only, None if weights_only else FRESH_STATE_KEYS, lineage)

@@ -1,9 +1,9 @@
 """`bertforge plan`: what a phase (or a chain of phases) will do, without training: tokens, steps, the batch through
 its warmup, the LR at each milestone, the checkpoints, and the time at a given throughput.
 
-It uses the trainer's own rules (the LR callback's ``lr_at`` and the step grouping's ``step_rows``), so the plan
-and the run cannot disagree. Steps assume full rows (packing is above 99.9% full), which is what the batch-size
-warmup counts too. Warmup steps are walked one by one (a few tens of thousands at most), the stable rest is
+It uses the trainer's own rules (the schedule's ``lr_at``, which the LR callback calls, and the step grouping's
+``step_rows``), so the plan and the run cannot disagree. Steps assume full rows (packing is above 99.9% full),
+which is what the batch-size warmup counts too. Warmup steps are walked one by one (a few tens of thousands at most), the stable rest is
 arithmetic, so a 2-trillion-token plan takes milliseconds.
 """
 
@@ -16,7 +16,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bertforge.schema import ConfigError
-from bertforge.train.schedules import TokenScheduler
+from bertforge.train.config import TrainConfig, parse_time
+from bertforge.train.preflight import preflight
+from bertforge.train.run_folder import RunFolder
+from bertforge.train.schedules import lr_at
 from bertforge.train.steps import step_rows
 
 
@@ -81,7 +84,7 @@ class StepClock:
 
 def measured_tokens_per_s(save_folder: str) -> float | None:
     """The median wall-clock tokens/s of the last logged steps of an earlier run in this folder, if any."""
-    metrics = Path(save_folder) / "metrics.jsonl"
+    metrics = RunFolder(save_folder).metrics
     if not metrics.is_file():
         return None
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
@@ -90,10 +93,11 @@ def measured_tokens_per_s(save_folder: str) -> float | None:
 
 
 def _checkpoints(interval: str, steps: int, tokens: int) -> int:
-    every = int(interval[:-2]) if interval.endswith("ba") else int(interval[:-3]) if interval.endswith("tok") else 0
-    done = steps if interval.endswith("ba") else tokens
-    regular = done // every if every else 0
-    return regular + (0 if every and done % every == 0 else 1)  # and one at the end
+    every, unit = parse_time(interval, "checkpoint.interval")
+    done = {"ba": steps, "tok": tokens}.get(unit)
+    if done is None:  # epochs or samples: only the checkpoint at the end can be counted ahead
+        return 1
+    return done // every + (0 if done % every == 0 else 1)  # and one at the end
 
 
 def _starting_point(config) -> str:
@@ -103,10 +107,11 @@ def _starting_point(config) -> str:
     return config.init_from or config.checkpoint.load_path or "a fresh initialisation"
 
 
-def plan_phase(path: Path, config, ranks: int, tokens_before: int, tokens_per_s: float | None) -> PhasePlan:
+def plan_phase(path: Path, config: TrainConfig, ranks: int, tokens_before: int,
+               tokens_per_s: float | None) -> PhasePlan:
+    preflight(config, ranks, device=None, files=False)
     total = _tokens(config)
     clock = StepClock(config, ranks)
-    lr = TokenScheduler(config.schedule, total, config.optimizer.lr)
     points = {"start": 0, "end": total}
     if config.schedule.warmup_tokens:
         points["lr warmup done"] = config.schedule.warmup_tokens
@@ -114,7 +119,9 @@ def plan_phase(path: Path, config, ranks: int, tokens_before: int, tokens_per_s:
         points["batch warmup done"] = config.batch_warmup.tokens
     if config.schedule.name == "wsd" and config.schedule.decay_tokens:
         points["decay starts"] = total - config.schedule.decay_tokens
-    milestones = [Milestone(name, tokens, clock.steps_to(tokens), lr.lr_at(tokens), clock.rows(tokens))
+    peak = config.optimizer.lr
+    milestones = [Milestone(name, tokens, clock.steps_to(tokens), lr_at(config.schedule, peak, tokens, total),
+                            clock.rows(tokens))
                   for name, tokens in sorted(points.items(), key=lambda item: item[1]) if tokens <= total]
     steps = clock.steps_to(total)
     rate = tokens_per_s or measured_tokens_per_s(config.save_folder)
@@ -165,9 +172,10 @@ def draw_plan(chain: list[tuple[Path, object]], plans: list[PhasePlan], path: st
 
     fig, (ax_lr, ax_batch) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
     for (_, config), p in zip(chain, plans):
-        clock, lr = StepClock(config, ranks), TokenScheduler(config.schedule, p.tokens, config.optimizer.lr)
+        clock = StepClock(config, ranks)
         xs = [p.tokens * i // 400 for i in range(401)]
-        ax_lr.plot([(p.tokens_before + x) / 1e9 for x in xs], [lr.lr_at(x) for x in xs], label=p.run_name)
+        ax_lr.plot([(p.tokens_before + x) / 1e9 for x in xs],
+                   [lr_at(config.schedule, config.optimizer.lr, x, p.tokens) for x in xs], label=p.run_name)
         ax_batch.plot([(p.tokens_before + x) / 1e9 for x in xs], [clock.rows(x) for x in xs], label=p.run_name)
     ax_lr.set_ylabel("learning rate")
     ax_batch.set_ylabel("global batch (rows)")

@@ -1,37 +1,14 @@
-"""Learning-rate schedules measured in tokens, as Composer schedulers, so a run can be 2 trillion tokens long."""
+"""Learning-rate schedules measured in tokens, so a run can be 2 trillion tokens long.
+
+Pure arithmetic: the trainer's LR callback (``callbacks/token_lr.py``) and `bertforge plan` both call ``lr_at``, so
+the plan and the run cannot disagree.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
 
-from composer.core import Callback
-
-from bertforge.schema import ConfigError
-
-ScheduleName = Literal["wsd", "constant", "cosine"]
-DecayShape = Literal["linear", "cosine", "1-sqrt"]
-
-
-@dataclass
-class ScheduleConfig:
-    name: ScheduleName = "wsd"
-    """wsd (warmup, stable, decay), constant (after warmup), or cosine (warmup then cosine to min)."""
-    warmup_tokens: int = 0
-    """Linear warmup from 0 over this many tokens."""
-    decay_tokens: int = 0
-    """wsd only: the final decay lasts this many tokens (0: no decay)."""
-    decay_shape: DecayShape = "linear"
-    """wsd only: shape of the final decay."""
-    min_lr_ratio: float = 0.0
-    """LR at the end of a decay, as a fraction of the peak."""
-
-    def __post_init__(self) -> None:
-        if self.warmup_tokens < 0 or self.decay_tokens < 0:
-            raise ConfigError("'warmup_tokens' and 'decay_tokens' must be >= 0")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ConfigError(f"'min_lr_ratio' must be in [0, 1], got {self.min_lr_ratio}")
+from bertforge.train.config import ScheduleConfig
 
 
 def _decay(progress: float, shape: str) -> float:
@@ -59,25 +36,6 @@ def lr_multiplier(config: ScheduleConfig, tokens: int, total_tokens: int) -> flo
     return floor + (1 - floor) * _decay(min((tokens - decay_start) / config.decay_tokens, 1.0), config.decay_shape)
 
 
-class TokenScheduler(Callback):
-    """Sets the learning rate before every batch from the real tokens seen so far.
-
-    A Composer scheduler would lag: Composer steps its schedulers before it advances the token clock, so the
-    multiplier it computes after batch k still sees the tokens before batch k (two steps at LR 0 in warmup).
-    At batch start the clock already counts every finished step, and a resumed run restores the clock, so the LR
-    is a pure function of the checkpointed token count.
-    """
-
-    def __init__(self, config: ScheduleConfig, total_tokens: int, peak_lr: float):
-        self.config = config
-        self.total_tokens = total_tokens
-        self.peak_lr = peak_lr
-
-    def lr_at(self, tokens: int) -> float:
-        return self.peak_lr * lr_multiplier(self.config, tokens, self.total_tokens)
-
-    def batch_start(self, state, logger) -> None:
-        lr = self.lr_at(int(state.timestamp.token))
-        for optimizer in state.optimizers:
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+def lr_at(config: ScheduleConfig, peak_lr: float, tokens: int, total_tokens: int) -> float:
+    """The learning rate of the step that starts after ``tokens`` real tokens."""
+    return peak_lr * lr_multiplier(config, tokens, total_tokens)

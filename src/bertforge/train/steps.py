@@ -4,22 +4,20 @@ needs, and tells Composer how to weigh them so that the loss is the mean over th
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
-from bertforge.data.batch_warmup import global_batch_at
-from bertforge.schema import ConfigError
+from bertforge.train.config import BatchWarmupConfig
 
 
-@dataclass
-class BatchWarmupConfig:
-    start: int = 0
-    """Global batch (rows) at the first step; 0 disables the warmup."""
-    tokens: int = 0
-    """The batch grows linearly to global_batch_size over this many tokens (counted as rows x max_seq_len)."""
+def global_batch_at(tokens: int, start: int, target: int, warmup_tokens: int, multiple_of: int = 1) -> int:
+    """Batch-size warmup: the global batch (rows) after ``tokens``, growing linearly from ``start`` to ``target``.
 
-    def __post_init__(self) -> None:
-        if self.start < 0 or self.tokens < 0:
-            raise ConfigError("'batch_warmup.start' and 'batch_warmup.tokens' must be >= 0")
+    ModernBERT grew its batch from 768 to 4608 sequences over the first 50B tokens. Each value is rounded down to
+    a multiple of what one optimizer step can be split into (ranks x micro-batch rows), never below the start.
+    """
+    if warmup_tokens <= 0 or tokens >= warmup_tokens or start >= target:
+        return target
+    size = start + (target - start) * tokens / warmup_tokens
+    return max(start, int(size) // multiple_of * multiple_of)
 
 
 def step_rows(slots: int, warmup: BatchWarmupConfig, target: int, per_micro: int) -> int:
@@ -38,7 +36,7 @@ class StepBatches:
         self.loader = loader
         self.target = global_batch_size
         self.warmup = warmup
-        self.per_micro = loader.config.micro_batch_size * world_size  # global rows in one micro-batch step
+        self.per_micro = loader.micro_batch_rows * world_size  # global rows in one micro-batch step
         self.max_seq_len = loader.config.max_seq_len
         self.slots = 0
 

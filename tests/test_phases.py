@@ -1,4 +1,4 @@
-"""The shipped ModernBERT recipes, `bertforge plan`, phase chains, RoPE theta changes and continued pretraining."""
+"""The shipped ModernBERT phases, `bertforge plan`, phase chains, RoPE theta changes and continued pretraining."""
 
 import json
 import subprocess
@@ -9,17 +9,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
-
 from helpers import read_metrics, wandb_runs
 
-from bertforge.data.batch_warmup import global_batch_at
-from bertforge.model.report import build_on_meta
 from bertforge.model.modernbert import count_parameters
+from bertforge.model.report import build_on_meta
+from bertforge.train.callbacks.token_lr import TokenScheduler
 from bertforge.train.config import load_train_config
 from bertforge.train.phases import load_chain
 from bertforge.train.plan import plan_chain
-from bertforge.train.schedules import TokenScheduler, lr_multiplier
-from bertforge.train.steps import StepBatches
+from bertforge.train.schedules import lr_multiplier
+from bertforge.train.steps import StepBatches, global_batch_at
 
 ROOT = Path(__file__).resolve().parents[1]
 BERTFORGE = str(Path(sys.executable).with_name("bertforge"))
@@ -28,7 +27,7 @@ PHASE_TOKENS = {"pretrain": 1_719_000_000_000, "extend": 250_000_000_000, "decay
 
 
 @pytest.mark.parametrize("size", ["base", "large"])
-def test_recipes_resolve_build_and_plan_the_stated_tokens(size):
+def test_shipped_phases_resolve_build_and_plan_the_stated_tokens(size):
     for phase in PHASE_TOKENS:
         config = load_train_config(ROOT / f"yamls/modernbert-{size}/{phase}.yaml")
         assert count_parameters(build_on_meta(config.model)) == PUBLISHED[size]
@@ -69,6 +68,7 @@ def test_plan_lr_and_batch_equal_the_formula_and_the_trainer(tmp_path):
 
     class Loader:
         config = small.data
+        micro_batch_rows = small.data.micro_batch_size
 
         def __iter__(self):
             while True:
@@ -146,7 +146,8 @@ def test_scaled_down_three_phase_chain(tmp_path, sample_data):
     name alone, start from their predecessor's weights with a fresh clock, and record their lineage."""
     from transformers import AutoConfig
 
-    from bertforge.train.export import _read_checkpoint_state, load_checkpoint_model
+    from bertforge.train.export import load_checkpoint_model
+    from bertforge.train.run_folder import read_checkpoint_state
 
     first = _phase(tmp_path, sample_data, "p1", max_duration="2048tok", data={"max_seq_len": 128},
                    schedule={"name": "wsd", "warmup_tokens": 512})
@@ -166,7 +167,7 @@ def test_scaled_down_three_phase_chain(tmp_path, sample_data):
     assert p2[0]["loss"] < p1[0]["loss"] - 0.3  # phase 2 starts trained, not from a fresh init
     # By value: phase 2's first update moved phase 1's final weights only slightly.
     end1 = load_checkpoint_model(tmp_path / "p1" / "latest-rank0.pt").state_dict()
-    state2 = _read_checkpoint_state(tmp_path / "p2" / "latest-rank0.pt")
+    state2 = read_checkpoint_state(tmp_path / "p2" / "latest-rank0.pt")
     after = load_checkpoint_model(tmp_path / "p2" / "latest-rank0.pt").state_dict()
     delta = max((after[k] - end1[k]).abs().max().item() for k in end1)
     assert 0 < delta < 0.05

@@ -1,4 +1,5 @@
-"""Stop cleanly on a signal: finish the step, write a checkpoint, exit with a code that asks for a requeue.
+"""Stop cleanly on a recorded signal (``train/signals.py``): finish the step, write a checkpoint, and let
+`bertforge train` exit with the code that asks for a requeue.
 
 Slurm sends SIGUSR1 ahead of a time limit when a job asks for it (``--signal=USR1@300``), and SIGTERM when it
 preempts or cancels a job. Either way the run has a short grace period; losing everything since the last periodic
@@ -14,7 +15,7 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
 
-from bertforge.train.stop_signals import record_stop_signals, take_stop_signal
+from bertforge.train.signals import record_stop_signals, take_stop_signal
 
 
 class StoppedBySignal(Exception):
@@ -24,7 +25,7 @@ class StoppedBySignal(Exception):
 class StopOnSignal(Callback):
     """At each step end, asks whether any rank has recorded a stop signal (ranks may receive it at different
     steps, so they agree by an all-reduce) and if so stops training; Composer's checkpoint saver then saves, as at
-    any end of training. ``bertforge train`` records signals from its first moment (``stop_signals``); making
+    any end of training. ``bertforge train`` records signals from its first moment (``signals``); making
     this callback records them too, for runs started from Python."""
 
     def __init__(self):

@@ -1,8 +1,7 @@
-"""Monitoring and state that ride along with Composer: metrics.jsonl, throughput/MFU, curves, loader state."""
+"""Monitoring: metrics.jsonl, throughput and MFU, the console line with ETA, and the loss/LR curves PNG."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import time
@@ -14,6 +13,7 @@ from composer.loggers import Logger
 from composer.utils import dist
 
 from bertforge.model.config import ModernBertConfig
+from bertforge.train.run_folder import RunFolder
 
 # Dense bf16 peak FLOP/s per device, for MFU when the config gives none.
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "A10G": 125e12, "L4": 121e12, "V100": 125e12}
@@ -44,35 +44,13 @@ def device_peak_flops(configured: float | None) -> float | None:
     return next((flops for key, flops in PEAK_FLOPS.items() if key in name), None)
 
 
-class RunState(Callback):
-    """Puts the packed loader's state (stream position, packer buffer, masking RNG), the batch-warmup position and
-    the model config into every checkpoint, so a resumed run continues the data exactly and any checkpoint exports
-    on its own."""
-
-    def __init__(self, loader, steps, config, lineage: dict):
-        self.loader = loader
-        self.steps = steps
-        self.config = config
-        self.lineage = lineage
-
-    def state_dict(self) -> dict:
-        # Every rank's loader state, gathered: a monolithic checkpoint is written by rank 0 alone, and a sharded
-        # one keeps a single copy of non-tensor entries, yet each rank packs its own documents.
-        return {"loader": dist.all_gather_object(self.loader.state_dict()), "steps": self.steps.state_dict(),
-                "model_config": dataclasses.asdict(self.config.model), "run_name": self.config.run_name,
-                "lineage": self.lineage}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.loader.load_state_dict(state["loader"])
-        self.steps.load_state_dict(state["steps"])
-
-
 class MetricsFile(Callback):
     """``metrics.jsonl``, throughput and MFU, a console line, and the loss/LR PNG at the end."""
 
-    def __init__(self, path: Path, model_config: ModernBertConfig, mask_rate: float, peak_flops: float | None,
+    def __init__(self, folder: RunFolder, model_config: ModernBertConfig, mask_rate: float, peak_flops: float | None,
                  interval: int, total_tokens: int | None):
-        self.path = Path(path)
+        self.folder = folder
+        self.path = folder.metrics
         self.model_config = model_config
         self.mask_rate = mask_rate
         self.peak_flops = device_peak_flops(peak_flops)
@@ -133,7 +111,7 @@ class MetricsFile(Callback):
     def fit_end(self, state: State, logger: Logger) -> None:
         if dist.get_global_rank() != 0:
             return
-        plot_curves(self.path, self.path.with_name("curves.png"))
+        plot_curves(self.path, self.folder.curves)
 
 
 def plot_curves(metrics: Path, out: Path) -> None:
@@ -160,19 +138,3 @@ def plot_curves(metrics: Path, out: Path) -> None:
     with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
-
-
-class GlooFsdpGradientAverage(Callback):
-    """Divide FSDP2 gradients by the world size on gloo (CPU).
-
-    FSDP2 reduce-scatters fp32 gradients with ReduceOp.AVG; gloo's reduce-scatter sums instead, so without this
-    every gradient is world_size times too large (Adam hides most of it, weight decay, eps and grad norms do not).
-    """
-
-    def __init__(self, world_size: int):
-        self.world_size = world_size
-
-    def after_train_batch(self, state: State, logger: Logger) -> None:  # once per step, after all micro-batches
-        for param in state.model.parameters():
-            if param.grad is not None:
-                param.grad.div_(self.world_size)

@@ -1,10 +1,11 @@
-"""Record a stop signal (SIGUSR1, SIGTERM) from the first moment of a training process.
+"""Record a stop signal (SIGUSR1, SIGTERM) from the first moment of a training process; acting on it is the job of
+the ``StopOnSignal`` callback (``callbacks/stop_on_signal.py``).
 
 Importing torch and Composer takes about ten seconds, and Python's default action for either signal is to die. A
 signal in that window (Slurm's time-limit warning for a job that started late, a preemption) would kill a rank
 without a checkpoint and without the exit code that requeues the job. So ``bertforge train`` installs these
-handlers before it imports anything heavy; the trainer's ``StopOnSignal`` callback acts on what they recorded at
-the first step boundary. This module uses the standard library only, to stay cheap to import.
+handlers before it imports anything heavy; the callback acts on what they recorded at the first step boundary.
+This module uses the standard library only, to stay cheap to import.
 """
 
 from __future__ import annotations

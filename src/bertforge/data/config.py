@@ -1,0 +1,70 @@
+"""The training data config: which prepared streams to mix, and how the loader packs and masks them.
+
+Standard library only (plus the schema helper), so a run config loads without torch; the loader that reads it is
+``bertforge.data.loader``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bertforge.schema import ConfigError
+
+
+@dataclass
+class StreamConfig:
+    local: str
+    """Directory of a prepared MDS dataset (the output of `bertforge prep` for one source), or its local cache."""
+    remote: str | None = None
+    """Remote copy (s3://, gs://, ...) streamed into ``local``; None reads ``local`` in place."""
+    proportion: float | None = None
+    """Share of the mixture; give it for every stream or for none."""
+    repeat: float | None = None
+    """Up- or down-sample this stream by this factor instead of a proportion."""
+
+
+@dataclass
+class DataConfig:
+    tokenizer: str
+    """HuggingFace tokenizer name or directory; must be the one the shards were prepared with."""
+    streams: dict[str, StreamConfig] = field(default_factory=dict)
+    """Named sources of the mixture."""
+    max_seq_len: int = 1024
+    """Token slots per packed row."""
+    micro_batch_size: int = 0
+    """Rows per micro-batch on one rank; a training step accumulates global_batch_size / (ranks x this) of them.
+    0: a rank's whole share of the step in one micro-batch (no gradient accumulation)."""
+    mask_rate: float = 0.3
+    """Fraction of non-special tokens chosen for MLM prediction."""
+    shuffle: bool = True
+    """Shuffle samples (StreamingDataset's shuffle, seeded)."""
+    seed: int = 17
+    """Seed of the shuffle and of masking."""
+    buffer_docs: int = 2048
+    """Documents the packer holds to choose from; more gives fuller rows."""
+    doc_batch: int = 64
+    """Documents read from the stream at a time (StreamingDataset batch_size)."""
+    num_workers: int = 0
+    """DataLoader workers reading shards."""
+    num_canonical_nodes: int = 0
+    """StreamingDataset's shuffle grain; 0 means streaming's default (64 per node). Keep it fixed across a run's
+    restarts, or the sample order changes."""
+    pack_across_ranks: bool = False
+    """Every rank reads the whole stream, packs and masks the whole global batch and keeps its own rows, so the
+    batches (and the loss) are the same for any number of ranks and a run may resume on a different number. It
+    costs each rank the reading of all the data (world_size times the I/O), which is fine within a node or two;
+    beyond that keep it off and each rank reads and packs its own share."""
+
+    def __post_init__(self) -> None:
+        if not self.streams:
+            raise ConfigError("'streams' is empty; name at least one prepared source")
+        with_proportion = [name for name, s in self.streams.items() if s.proportion is not None]
+        if with_proportion and len(with_proportion) != len(self.streams):
+            missing = sorted(set(self.streams) - set(with_proportion))
+            raise ConfigError(f"give 'proportion' for every stream or for none; missing for: {', '.join(missing)}")
+        if not 0.0 < self.mask_rate < 1.0:
+            raise ConfigError(f"'mask_rate' must be in (0, 1), got {self.mask_rate}")
+        if self.micro_batch_size < 0:
+            raise ConfigError(f"'micro_batch_size' must be >= 0, got {self.micro_batch_size}")
+        if self.max_seq_len < 8:
+            raise ConfigError(f"'max_seq_len' must be at least 8, got {self.max_seq_len}")

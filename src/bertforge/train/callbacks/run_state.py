@@ -1,0 +1,31 @@
+"""The state of a run that is not Composer's own, carried in every checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from composer.core import Callback
+from composer.utils import dist
+
+
+class RunState(Callback):
+    """Puts the packed loader's state (stream position, packer buffer, masking RNG), the batch-warmup position and
+    the model config into every checkpoint, so a resumed run continues the data exactly and any checkpoint exports
+    on its own."""
+
+    def __init__(self, loader, steps, config, lineage: dict):
+        self.loader = loader
+        self.steps = steps
+        self.config = config
+        self.lineage = lineage
+
+    def state_dict(self) -> dict:
+        # Every rank's loader state, gathered: a monolithic checkpoint is written by rank 0 alone, and a sharded
+        # one keeps a single copy of non-tensor entries, yet each rank packs its own documents.
+        return {"loader": dist.all_gather_object(self.loader.state_dict()), "steps": self.steps.state_dict(),
+                "model_config": dataclasses.asdict(self.config.model), "run_name": self.config.run_name,
+                "lineage": self.lineage}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.load_state_dict(state["loader"])
+        self.steps.load_state_dict(state["steps"])

@@ -1,0 +1,90 @@
+"""One check of a run before it launches, for every command that launches or plans one.
+
+`bertforge train` calls it before it builds anything, `bertforge slurm` before it writes or submits a script, and
+`bertforge plan` before it plans; so a job the trainer would refuse is refused at submission, with the same
+message. Each value's own range is checked when the config is built (the ``__post_init__`` of its dataclass);
+what is checked here needs several keys together, the number of ranks, the device, or the files the run reads.
+Imports no torch (see ``tokenizer_size_and_specials`` for how the tokenizer is read).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from bertforge.schema import ConfigError
+from bertforge.train.config import TrainConfig
+
+
+def preflight(config: TrainConfig, world_size: int, *, device: Literal["cpu", "gpu"] | None,
+              files: bool = True) -> None:
+    """Raise a ConfigError naming the key and the fix for the first problem found.
+
+    ``device`` is where the ranks run (None: not known yet, as in `plan`); ``files`` checks the data and the
+    tokenizer the run will read (off where they need not exist yet, as in `plan`).
+    """
+    check_batch(config, world_size)
+    if files:
+        check_data_paths(config)
+        check_tokenizer_fits(config)
+    check_schedule(config)
+    if device is not None:
+        check_device(config, device)
+
+
+def check_batch(config: TrainConfig, world_size: int) -> None:
+    """The global batch (and the warmup's start) must split into whole micro-batches on every rank."""
+    if world_size < 1:
+        raise ConfigError(f"the number of ranks must be at least 1, got {world_size}")
+    if config.global_batch_size % world_size:
+        raise ConfigError(f"'global_batch_size' ({config.global_batch_size}) must be divisible by the number of "
+                          f"ranks ({world_size}); use a multiple of {world_size}")
+    if config.data.micro_batch_size == 0 and config.batch_warmup.start:
+        raise ConfigError("batch_warmup needs data.micro_batch_size > 0: steps of different sizes are made of "
+                          "whole micro-batches")
+    micro = config.micro_batch_rows(world_size)
+    step = world_size * micro
+    warmup_start = config.batch_warmup.start
+    for key, rows in (("global_batch_size", config.global_batch_size), ("batch_warmup.start", warmup_start)):
+        if rows % step:
+            raise ConfigError(f"'{key}' ({rows}) must be a multiple of ranks x data.micro_batch_size "
+                              f"({world_size} x {micro} = {step}); use {max(step, rows // step * step)} or change "
+                              f"data.micro_batch_size")
+    if config.batch_warmup.start > config.global_batch_size:
+        raise ConfigError(f"'batch_warmup.start' ({config.batch_warmup.start}) is larger than 'global_batch_size' "
+                          f"({config.global_batch_size}); the warmup grows the batch towards it")
+
+
+def check_data_paths(config: TrainConfig) -> None:
+    for name, stream in config.data.streams.items():
+        if stream.remote is None and not (Path(stream.local) / "index.json").is_file():
+            raise ConfigError(f"data.streams.{name}.local '{stream.local}' holds no prepared dataset (no index.json); "
+                              f"run `bertforge prep` for it or fix the path")
+
+
+def check_tokenizer_fits(config: TrainConfig) -> None:
+    """The tokenizer must fit the model and agree on special ids, or training learns garbage; fail up front."""
+    from bertforge.data.tokenizer import tokenizer_size_and_specials
+
+    size, ids = tokenizer_size_and_specials(config.data.tokenizer)
+    if size > config.model.vocab_size:
+        raise ConfigError(f"tokenizer '{config.data.tokenizer}' has {size} tokens but model.vocab_size is "
+                          f"{config.model.vocab_size}; set model.vocab_size={-(-size // 64) * 64}")
+    for name in ("cls", "sep", "pad", "mask"):
+        if getattr(ids, name) != getattr(config.model, f"{name}_token_id"):
+            raise ConfigError(f"model.{name}_token_id is {getattr(config.model, f'{name}_token_id')} but the "
+                              f"tokenizer's [{name.upper()}] is {getattr(ids, name)}; set "
+                              f"model.{name}_token_id={getattr(ids, name)}")
+
+
+def check_schedule(config: TrainConfig) -> None:
+    if config.total_tokens is None and config.schedule.decays:
+        raise ConfigError(f"a decaying schedule needs max_duration in tokens (e.g. '1000000tok'), got "
+                          f"{config.max_duration!r}")
+
+
+def check_device(config: TrainConfig, device: Literal["cpu", "gpu"]) -> None:
+    if config.parallelism == "fsdp2" and config.optimizer.name == "stableadamw" and device == "cpu":
+        raise ConfigError("optimizer 'stableadamw' under parallelism 'fsdp2' needs an AVG all-reduce of each sharded "
+                          "parameter's update RMS, which the CPU (gloo) backend lacks; on CPU use "
+                          "optimizer.name=adamw with fsdp2, or parallelism=ddp")
