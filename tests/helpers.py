@@ -90,11 +90,12 @@ def wandb_runs(folder: Path) -> dict[str, tuple[dict, list[dict]]]:
 
 
 def read_metrics(folder: Path) -> dict[int, dict]:
-    """``metrics.jsonl`` by batch; a resumed run rewrites the batches after its checkpoint, and the last wins."""
+    """``metrics.jsonl``'s step records by batch (not the divergence guard's event lines); a resumed run rewrites
+    the batches after its checkpoint, and the last wins."""
     import json
 
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    return {row["batch"]: row for row in rows}
+    return {row["batch"]: row for row in rows if "event" not in row}
 
 
 def run_config(tmp_path: Path, sample_data: dict, name: str, **overrides) -> Path:

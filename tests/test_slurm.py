@@ -45,10 +45,10 @@ def cluster(tmp_path_factory):
         slurm.stop()
 
 
-def _job_config(tmp_path: Path, sample_data: dict, name: str) -> Path:
-    """FSDP2 over gloo, global batch 4 of 256-token rows, W&B offline; no periodic checkpoint before the end, so
-    a checkpoint mid-run can only come from the signal."""
-    return run_config(tmp_path, sample_data, name, parallelism="fsdp2", max_duration=f"{STEPS * 1024}tok",
+def _job_config(tmp_path: Path, sample_data: dict, name: str, parallelism: str = "fsdp2") -> Path:
+    """FSDP2 (or DDP) over gloo, global batch 4 of 256-token rows, W&B offline; no periodic checkpoint before the
+    end, so a checkpoint mid-run can only come from the signal."""
+    return run_config(tmp_path, sample_data, name, parallelism=parallelism, max_duration=f"{STEPS * 1024}tok",
                       optimizer={"name": "adamw", "lr": 2e-3}, checkpoint={"interval": "1000ba", "keep": -1},
                       wandb={"enabled": True, "project": "bertforge-tests"})
 
@@ -149,7 +149,8 @@ def _check_requeued_once(cluster: SlurmCluster, job: str, folder: Path, steps: i
     stopped_at = int(log.split("stopping after batch ")[1].split()[0])
     assert 1 <= stopped_at < steps
     # No periodic checkpoint before the end: the one mid-run checkpoint is the signal's.
-    assert {p.name for p in folder.glob("ep0-ba*")} == {f"ep0-ba{stopped_at}", f"ep0-ba{steps}"}
+    assert {int(p.name.split("-ba")[1].split("-")[0].split(".")[0]) for p in folder.glob("ep0-ba*")} == \
+        {stopped_at, steps}
     rows = [line for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
     assert len(rows) == steps and sorted(read_metrics(folder)) == list(range(1, steps + 1))
     attempts = sorted(folder.glob("wandb/offline-run-*/run-*.wandb"))
@@ -179,6 +180,18 @@ def test_preempted_job_checkpoints_requeues_and_resumes_exactly(tmp_path, sample
     whole = whole_job["root"] / "whole"
     assert _losses(tmp_path / "preempted") == pytest.approx(_losses(whole), abs=1e-6)
     assert read_metrics(tmp_path / "preempted")[STEPS]["tokens"] == read_metrics(whole)[STEPS]["tokens"]
+
+
+@pytest.mark.slow
+def test_preempted_ddp_job_on_a_shared_folder_resumes_exactly(tmp_path, sample_data, cluster, whole_job):
+    """The default parallelism on two nodes that share the save folder (as a cluster's filesystem is): Composer's
+    autoresume, whose per-node signal file in the save folder gets one name on both nodes, killed this job at its
+    start; bertforge's own resume does not use it. Preempted and requeued, the job finishes with the single
+    process's losses."""
+    job = _submit(cluster, _job_config(tmp_path, sample_data, "ddp", parallelism="ddp"))
+    _signal_when_training(cluster, job, tmp_path / "ddp" / "metrics.jsonl", rows=3)
+    _check_requeued_once(cluster, job, tmp_path / "ddp", STEPS)
+    assert _losses(tmp_path / "ddp") == pytest.approx(_losses(whole_job["root"] / "single"), abs=2e-5)
 
 
 @pytest.mark.slow

@@ -149,14 +149,15 @@ def test_print_config_resolves_includes(tmp_path, sample_data):
     assert printed["model"]["hidden_size"] == 256 and printed["optimizer"]["lr"] == 0.005
 
 
-def test_checkpoints_newer_than_latest_are_set_aside_not_deleted(tmp_path):
+def test_checkpoints_that_do_not_verify_are_set_aside_not_deleted(tmp_path):
+    from bertforge.train.checkpoint_integrity import write_manifest
     from bertforge.train.run_folder import RunFolder
 
     (tmp_path / "ep0-ba4-rank0.pt").write_bytes(b"complete")
-    (tmp_path / "ep0-ba8-rank0.pt").write_bytes(b"partial")
-    (tmp_path / "latest-rank0.pt").symlink_to("ep0-ba4-rank0.pt")
-    moved = RunFolder(tmp_path).set_aside_unfinished_checkpoints()
-    assert [p.name for p in moved] == ["ep0-ba8-rank0.pt"]
+    write_manifest(tmp_path / "ep0-ba4-rank0.pt")
+    (tmp_path / "ep0-ba8-rank0.pt").write_bytes(b"partial")  # killed before its manifest was written
+    (tmp_path / "latest-rank0.pt").symlink_to("ep0-ba8-rank0.pt")
+    assert RunFolder(tmp_path).resume_point() == tmp_path / "ep0-ba4-rank0.pt"
     assert (tmp_path / "incomplete" / "ep0-ba8-rank0.pt").read_bytes() == b"partial"
     assert (tmp_path / "ep0-ba4-rank0.pt").is_file()
 
@@ -219,9 +220,8 @@ def test_sharded_fsdp2_checkpoint_resumes_each_ranks_data_exactly(tmp_path, samp
     folder = tmp_path / "fsdp2"
     assert _train_ranks(config, 2).returncode == 0
     expected = read_metrics(folder)
-    # As if the run had died while writing its second checkpoint: latest still points at the first.
-    (folder / "latest-rank0.pt").unlink()
-    (folder / "latest-rank0.pt").symlink_to("ep0-ba4")
+    # As if the run had died while writing its second checkpoint: the save never reached its manifest.
+    (folder / "ep0-ba8.manifest.json").unlink()
     result = _train_ranks(config, 2)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (folder / "incomplete" / "ep0-ba8").is_dir()
@@ -261,9 +261,12 @@ def test_batch_size_warmup_grows_the_step_and_resumes_where_it_was(tmp_path, sam
         slots += expected_rows[-1] * 256
     assert [row["global_batch_rows"] for _, row in sorted(metrics.items())] == expected_rows
     assert expected_rows[0] == 2 and expected_rows[-1] == 8 and len(set(expected_rows)) >= 3
-    # Resume from the checkpoint at batch 3, in the middle of the warmup: the same step sizes and losses follow.
-    (folder / "latest-rank0.pt").unlink()
-    (folder / "latest-rank0.pt").symlink_to("ep0-ba3-rank0.pt")
+    # Resume from the checkpoint at batch 3, in the middle of the warmup (the later saves as if cut off before
+    # their manifests): the same step sizes and losses follow.
+    later = [p for p in folder.glob("ep0-ba*-rank0.pt.manifest.json") if not p.name.startswith("ep0-ba3-")]
+    assert later
+    for manifest in later:
+        manifest.unlink()
     result = _train(config, "data.micro_batch_size=2")
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = read_metrics(folder)

@@ -7,6 +7,9 @@ import sys
 
 from bertforge import __version__
 
+DIVERGED_EXIT_CODE = 3
+"""`bertforge train` stopped by its divergence guard (2: a bad config or input; 75: stopped by a signal, resume)."""
+
 
 def _model_info(args: argparse.Namespace) -> None:
     from bertforge.model.report import describe_model
@@ -200,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from bertforge.errors import CheckpointError
+    from bertforge.errors import CheckpointError, TrainingDiverged
     from bertforge.schema import ConfigError
 
     try:
@@ -208,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, FileNotFoundError) as err:
         print(f"bertforge: error: {err}", file=sys.stderr)
         return 2
+    except TrainingDiverged as err:
+        print(f"bertforge: error: {err}", file=sys.stderr)
+        return DIVERGED_EXIT_CODE
     return 0
 
 

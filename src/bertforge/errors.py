@@ -1,7 +1,12 @@
-"""Errors about a checkpoint's contents, kept free of torch imports so that the CLI can name them in its error
-handling without loading torch before a subcommand starts (``bertforge train`` must install its signal handlers
-first; see ``bertforge.train.signals``)."""
+"""Errors the CLI reports as one line, kept free of torch imports so that it can name them in its error handling
+without loading torch before a subcommand starts (``bertforge train`` must install its signal handlers first; see
+``bertforge.train.signals``)."""
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model; the message names the tensors and the shapes."""
+    """A checkpoint that does not fit the model, fails verification, or holds more than data; the message names
+    the file and what is wrong."""
+
+
+class TrainingDiverged(RuntimeError):
+    """A run stopped by its divergence guard; the message names the step, the tokens and what was seen."""

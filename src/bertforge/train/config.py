@@ -90,7 +90,7 @@ class CheckpointConfig:
     interval: str = "1000ba"
     """How often to save: Composer time ('500ba' batches, '100000000tok' tokens); always also at the end."""
     keep: int = 3
-    """Keep the last K checkpoints (-1: all)."""
+    """Keep the last K checkpoints (-1: all; 0 is refused, since it would keep none)."""
     autoresume: bool = True
     """Resume from the latest checkpoint in save_folder if there is one (crash or requeue)."""
     load_path: str | None = None
@@ -103,6 +103,57 @@ class CheckpointConfig:
 
     def __post_init__(self) -> None:
         parse_time(self.interval, "checkpoint.interval")
+        if self.keep == 0 or self.keep < -1:
+            raise ConfigError(f"'checkpoint.keep' must be -1 (keep all) or at least 1, got {self.keep}; a run that "
+                              f"keeps no checkpoint cannot resume or export")
+
+
+StabilityAction = Literal["stop", "skip", "rollback"]
+
+
+@dataclass
+class StabilityConfig:
+    """The divergence guard: what a step with a non-finite or spiking loss or gradient norm does.
+
+    The guard looks at each step after its backward pass and before the optimizer applies it, so a bad step never
+    reaches the weights, and a checkpoint only ever holds weights from accepted steps."""
+
+    enabled: bool = True
+    """Watch every step; off only to reproduce a run as it was."""
+    on_nonfinite: StabilityAction = "rollback"
+    """A NaN or infinite loss or gradient norm: 'stop' (exit non-zero, naming the step and tokens), 'skip' (drop
+    the step's update) or 'rollback' (drop it, reload the last good checkpoint, skip the data since, scale the LR)."""
+    on_spike: StabilityAction = "skip"
+    """A loss (or gradient-norm) spike, as defined by loss_zscore and grad_norm_ratio; the same actions."""
+    loss_zscore: float = 6.0
+    """A spike: loss above the mean of the recent accepted steps by this many standard deviations (0: off)."""
+    grad_norm_ratio: float = 0.0
+    """A spike: gradient norm above this multiple of the recent accepted steps' mean (0: off)."""
+    window: int = 100
+    """Accepted steps the running mean and deviation are taken over."""
+    min_history: int = 50
+    """Steps accepted before spikes are looked for (early training moves fast)."""
+    max_rollbacks: int = 3
+    """Rollbacks allowed in the whole run; one more stops it."""
+    rollback_lr_scale: float = 1.0
+    """Multiply the learning rate by this at each rollback (0.5: halve it), for the rest of the run."""
+    max_skips_in_a_row: int = 20
+    """Consecutive dropped steps allowed; one more stops the run (the data alone is not the problem then)."""
+
+    def __post_init__(self) -> None:
+        for key in ("loss_zscore", "grad_norm_ratio"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"'stability.{key}' must be >= 0 (0 turns it off), got {getattr(self, key)}")
+        for key in ("window", "min_history", "max_skips_in_a_row"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"'stability.{key}' must be at least 1, got {getattr(self, key)}")
+        if self.min_history > self.window:
+            raise ConfigError(f"'stability.min_history' ({self.min_history}) cannot exceed 'stability.window' "
+                              f"({self.window})")
+        if self.max_rollbacks < 0:
+            raise ConfigError(f"'stability.max_rollbacks' must be >= 0, got {self.max_rollbacks}")
+        if not 0.0 < self.rollback_lr_scale <= 1.0:
+            raise ConfigError(f"'stability.rollback_lr_scale' must be in (0, 1], got {self.rollback_lr_scale}")
 
 
 @dataclass
@@ -153,6 +204,8 @@ class TrainConfig:
     """The learning-rate schedule, in tokens."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Saving, resuming, and starting from another run."""
+    stability: StabilityConfig = field(default_factory=StabilityConfig)
+    """The divergence guard: non-finite and spiking steps never reach the weights."""
     phase: PhaseConfig = field(default_factory=PhaseConfig)
     """Chaining: the phase this run follows, and what it takes from it."""
     init_from: str | None = None

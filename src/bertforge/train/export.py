@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from bertforge.errors import CheckpointError
 from bertforge.model import ModernBertConfig, ModernBertForMaskedLM
 from bertforge.model.hf_io import load_state_dict_checked
 from bertforge.train.run_folder import read_checkpoint_state
@@ -27,6 +28,13 @@ def load_checkpoint_model(path: str | Path) -> ModernBertForMaskedLM:
 
 
 def export_model(model: ModernBertForMaskedLM, out_dir: str | Path, tokenizer: str | None = None) -> Path:
+    """Write ``model`` (and the tokenizer) as a HuggingFace directory; a model with non-finite weights is refused."""
+    import torch
+
+    broken = [name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()]
+    if broken:
+        raise CheckpointError(f"refusing to export a model with non-finite weights ({', '.join(broken[:3])}"
+                              f"{' ...' if len(broken) > 3 else ''})")
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     if tokenizer:

@@ -48,13 +48,17 @@ class StartingPoint:
     """Where the weights came from, recorded in every checkpoint and the W&B config."""
 
 
-def starting_point(config: TrainConfig) -> StartingPoint:
-    """Where ``config`` starts: after its predecessor phase, from ``checkpoint.load_path``, or fresh.
+def starting_point(config: TrainConfig, resume: Path | None = None) -> StartingPoint:
+    """Where ``config`` starts: from its own checkpoint ``resume`` (a restart), else after its predecessor phase,
+    from ``checkpoint.load_path``, or fresh.
 
     For a phase, the lineage holds the predecessor config file, its final checkpoint, the phases of the chain and
-    the tokens they trained on; ``init_from`` is recorded too.
+    the tokens they trained on; ``init_from`` is recorded too. A restart keeps the lineage of its first start.
     """
     lineage = {"init_from": config.init_from} if config.init_from else {}
+    if resume is not None:
+        first = starting_point(config)
+        return StartingPoint(str(resume), False, None, first.lineage)
     if not config.phase.after:
         return StartingPoint(config.checkpoint.load_path, config.checkpoint.load_weights_only, lineage=lineage)
     chain = load_chain(config.phase.after)

@@ -3,8 +3,8 @@ its warmup, the LR at each milestone, the checkpoints, and the time at a given t
 
 It uses the trainer's own rules (the schedule's ``lr_at``, which the LR callback calls, and the step grouping's
 ``step_rows``), so the plan and the run cannot disagree. Steps assume full rows (packing is above 99.9% full),
-which is what the batch-size warmup counts too. Warmup steps are walked one by one (a few tens of thousands at most), the stable rest is
-arithmetic, so a 2-trillion-token plan takes milliseconds.
+which is what the batch-size warmup counts too. Warmup steps are walked one by one (a few tens of thousands at
+most), the stable rest is arithmetic, so a 2-trillion-token plan takes milliseconds.
 """
 
 from __future__ import annotations

@@ -1,23 +1,32 @@
 """`bertforge train`: a run config in, a trained (and exported) model out, as a short sequence of named steps.
 
     check  -> preflight: everything that can be refused before a process group or a model exists
+    lock   -> one run per save folder (train/run_lock.py); the checkpoint to resume from, verified
     data   -> the packed MLM loader, grouped into optimizer steps
     model  -> ModernBERT, its initial weights, and what it loads (a predecessor phase, a checkpoint)
     parallelize -> DDP or FSDP2 (train/parallelize.py)
-    callbacks -> LR from tokens, run state, metrics, stop-on-signal
+    callbacks -> LR from tokens, divergence guard, run state, metrics, stop-on-signal, verified checkpoints
     trainer -> Composer's Trainer over all of it, writing into the run folder (train/run_folder.py)
-    fit, finish -> train, then stop for a requeue or export
+    fit, finish -> train, then stop (diverged, or for a requeue) or export
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from bertforge.atomic import write_text_atomic
+from bertforge.errors import CheckpointError, TrainingDiverged
+from bertforge.schema import ConfigError
+from bertforge.train.checkpoint_integrity import check_checkpoint
 from bertforge.train.config import TrainConfig, parse_time, resolved_yaml
 from bertforge.train.launcher import adopt_launcher_environment, launcher_world_size
 from bertforge.train.preflight import preflight
 from bertforge.train.run_folder import CHECKPOINT_FILENAME, LATEST_FILENAME, RunFolder
+from bertforge.train.run_lock import acquire_run_lock, release_run_lock
+
+T = TypeVar("T")
 
 
 def build_data(config: TrainConfig, world_size: int):
@@ -57,17 +66,26 @@ def load_initial_weights(model, config: TrainConfig) -> None:
 
 
 def build_callbacks(config: TrainConfig, folder: RunFolder, loader, steps, lineage: dict, world_size: int,
-                    stopper) -> list:
+                    stopper, guard) -> list:
+    """In the order they run at each event: the gradient fix before the guard measures gradients, the guard
+    before the LR is set (a rollback moves the token clock), the checkpoint saver last."""
     from bertforge.train.callbacks.metrics_file import MetricsFile
     from bertforge.train.callbacks.run_state import RunState
     from bertforge.train.callbacks.token_lr import TokenScheduler
+    from bertforge.train.callbacks.verified_checkpoint_saver import VerifiedCheckpointSaver
     from bertforge.train.parallelize import parallelism_callbacks
 
-    return [*parallelism_callbacks(config, world_size), stopper,
-            TokenScheduler(config.schedule, config.total_tokens or 0, config.optimizer.lr),
+    saver = VerifiedCheckpointSaver(
+        folder=str(folder.path), filename=CHECKPOINT_FILENAME, remote_file_name=None,
+        latest_filename=LATEST_FILENAME, latest_remote_file_name=None, save_interval=config.checkpoint.interval,
+        overwrite=not config.checkpoint.autoresume, num_checkpoints_to_keep=config.checkpoint.keep, guard=guard)
+    return [*parallelism_callbacks(config, world_size), stopper, guard,
+            TokenScheduler(config.schedule, config.total_tokens or 0, config.optimizer.lr,
+                           lr_scale=lambda: guard.lr_scale),
             RunState(loader, steps, config, lineage),
             MetricsFile(folder, config.model, config.data.mask_rate, config.peak_flops, config.log_interval,
-                        config.total_tokens)]
+                        config.total_tokens),
+            saver]
 
 
 def build_trainer(config: TrainConfig, folder: RunFolder, model, steps, callbacks: list, parallelism, start,
@@ -88,10 +106,10 @@ def build_trainer(config: TrainConfig, folder: RunFolder, model, steps, callback
         optimizers=build_optimizer(model, config.optimizer),
         device=device, precision=precision, device_train_microbatch_size=micro_rows,
         accumulate_train_batch_on_tokens=True,
-        save_folder=str(folder.path), save_filename=CHECKPOINT_FILENAME, save_latest_filename=LATEST_FILENAME,
-        save_interval=config.checkpoint.interval,
-        save_num_checkpoints_to_keep=config.checkpoint.keep, save_overwrite=not config.checkpoint.autoresume,
-        autoresume=config.checkpoint.autoresume, load_path=start.load_path, load_weights_only=start.weights_only,
+        # Checkpoints are saved by the VerifiedCheckpointSaver among the callbacks, and resumed by bertforge
+        # itself (RunFolder.resume_point): Composer's autoresume trusts the latest link and, on a folder that
+        # several nodes share, its per-node signal files collide.
+        autoresume=False, load_path=start.load_path, load_weights_only=start.weights_only,
         load_ignore_keys=start.ignore_keys, run_name=config.run_name, seed=config.seed,
         parallelism_config=parallelism, loggers=loggers, callbacks=callbacks, spin_dataloaders=False,
         progress_bar=False, log_to_console=False,
@@ -106,8 +124,38 @@ def _reached(max_duration: str, timestamp) -> bool:
     return int(getattr(timestamp, {"tok": "token", "ba": "batch", "ep": "epoch", "sp": "sample"}[unit])) >= count
 
 
+def _on_rank_zero(work: Callable[[], T]) -> T:
+    """Run ``work`` on rank 0 alone (it touches the shared save folder) and give every rank its result, or its
+    error, so that all ranks go on or stop together."""
+    from composer.utils import dist
+
+    box: list = [None]
+    if dist.get_global_rank() == 0:
+        try:
+            box[0] = (True, work())
+        except (ConfigError, CheckpointError, FileNotFoundError) as err:
+            box[0] = (False, err)
+    dist.broadcast_object_list(box, src=0)
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
+
+
+def _checked_starting_point(config: TrainConfig, folder: RunFolder):
+    """Where the run starts (its own newest verified checkpoint, a predecessor's, ``load_path``, or fresh), with
+    the checkpoint checked to hold nothing that could run code when Composer unpickles it."""
+    from bertforge.train.phases import starting_point
+
+    start = starting_point(config, folder.resume_point() if config.checkpoint.autoresume else None)
+    if start.load_path:
+        check_checkpoint(Path(start.load_path))
+    return start
+
+
 def train(config: TrainConfig) -> Path:
-    """Run ``config`` to its end (or to a stop signal, raising StoppedBySignal); returns the save folder."""
+    """Run ``config`` to its end; returns the save folder. Raises StoppedBySignal when a signal stopped it (with a
+    checkpoint to resume from) and TrainingDiverged when its divergence guard did."""
     import torch
 
     adopt_launcher_environment()
@@ -117,33 +165,42 @@ def train(config: TrainConfig) -> Path:
     from composer.devices import DeviceCPU, DeviceGPU
     from composer.utils import dist, reproducibility
 
-    from bertforge.train.callbacks.stop_on_signal import StopOnSignal, StoppedBySignal
-    from bertforge.train.parallelize import parallelize
-    from bertforge.train.phases import starting_point
-
     device = DeviceGPU() if torch.cuda.is_available() else DeviceCPU()
     dist.initialize_dist(device)
     reproducibility.seed_all(config.seed)
     folder = RunFolder(config.save_folder)
+    _on_rank_zero(lambda: acquire_run_lock(folder.lock))
+    try:
+        return _run(config, folder, world, device)
+    finally:
+        if dist.get_global_rank() == 0:
+            release_run_lock(folder.lock)
 
+
+def _run(config: TrainConfig, folder: RunFolder, world: int, device) -> Path:
+    from composer.utils import dist
+
+    from bertforge.train.callbacks.divergence_guard import DivergenceGuard
+    from bertforge.train.callbacks.stop_on_signal import StopOnSignal, StoppedBySignal
+    from bertforge.train.parallelize import parallelize
+
+    start = _on_rank_zero(lambda: _checked_starting_point(config, folder))
     loader, steps = build_data(config, world)
     model = build_model(config)
-    start = starting_point(config)
     parallelism = parallelize(model, config)
-    stopper = StopOnSignal()
-    callbacks = build_callbacks(config, folder, loader, steps, start.lineage, world, stopper)
-    if config.checkpoint.autoresume and dist.get_local_rank() == 0:
-        for path in folder.set_aside_unfinished_checkpoints():
-            print(f"moved {path.name}, newer than the last complete checkpoint, to {path.parent}", flush=True)
+    stopper, guard = StopOnSignal(), DivergenceGuard(config.stability, folder)
+    callbacks = build_callbacks(config, folder, loader, steps, start.lineage, world, stopper, guard)
     trainer = build_trainer(config, folder, model, steps, callbacks, parallelism, start, device,
                             config.micro_batch_rows(world))
     if dist.get_global_rank() == 0:
-        folder.path.mkdir(parents=True, exist_ok=True)
         write_text_atomic(folder.config, resolved_yaml(config))
 
     trainer.fit()
 
     state = trainer.state
+    if guard.stop_reason is not None:
+        trainer.close()
+        raise TrainingDiverged(guard.stop_reason)
     if stopper.stopped_at_batch is not None and not _reached(config.max_duration, state.timestamp):
         trainer.close()
         raise StoppedBySignal(f"stopped by {stopper.received.name} after batch {stopper.stopped_at_batch}, with a "

@@ -5,9 +5,11 @@
       metrics.jsonl        one JSON object per logged step
       curves.png           loss and LR against tokens
       wandb_run_id         the W&B run id, reused by restarts
+      run.lock             who is training in this folder (pid, host), while they do
       ep0-ba800-rank0.pt   Composer checkpoints (an FSDP2 sharded one is a directory ep0-ba800/)
-      latest-rank0.pt      Composer's link to the newest complete checkpoint
-      incomplete/          checkpoints newer than that link, set aside before a resume
+      ep0-ba800-rank0.pt.manifest.json   its size and SHA-256 per file, written once it is complete
+      latest-rank0.pt      Composer's link to its newest checkpoint (bertforge itself lists and verifies)
+      incomplete/          checkpoints that do not verify, set aside before a resume
       slurm/               the rendered sbatch script and the job's log
 
 Imports no torch at module level; reading a checkpoint loads it when called.
@@ -15,11 +17,18 @@ Imports no torch at module level; reading a checkpoint loads it when called.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
+from bertforge.errors import CheckpointError
 from bertforge.schema import ConfigError
+from bertforge.train.checkpoint_integrity import (
+    MANIFEST_SUFFIX,
+    check_sharded_checkpoint,
+    load_checkpoint_file,
+    manifest_path,
+    verify,
+)
 
 CHECKPOINT_FILENAME = "ep{epoch}-ba{batch}-rank{rank}.pt"
 """Composer's ``save_filename``: a monolithic checkpoint; FSDP2 sharded checkpoints drop the '-rank' part and the
@@ -52,10 +61,6 @@ class RunFolder:
         return self.path / "wandb_run_id"
 
     @property
-    def latest(self) -> Path:
-        return self.path / LATEST_FILENAME.format(rank=0)
-
-    @property
     def incomplete(self) -> Path:
         return self.path / "incomplete"
 
@@ -63,49 +68,77 @@ class RunFolder:
     def slurm(self) -> Path:
         return self.path / "slurm"
 
-    def final_checkpoint(self) -> Path:
-        """The checkpoint a finished run (a previous phase) ended with: the ``latest`` link, followed."""
-        if not self.latest.exists():
-            raise ConfigError(f"the previous phase has no checkpoint in '{self.path}' (no {self.latest.name}); run "
-                              f"it first, or set checkpoint.load_path yourself")
-        return self.latest.resolve()
+    @property
+    def lock(self) -> Path:
+        return self.path / "run.lock"
 
-    def set_aside_unfinished_checkpoints(self) -> list[Path]:
-        """Move checkpoints newer than ``latest`` into ``incomplete/`` before autoresume.
-
-        Composer writes a checkpoint file in place and re-points ``latest`` only once it is complete, so a run
-        killed in between leaves a newer, possibly partial file that would block the resumed run. It is kept, not
-        deleted.
-        """
-        if not self.path.is_dir():
-            return []
-        latest, resumed_batch = self.latest, -1
-        if latest.is_symlink() or latest.exists():
-            match = _CHECKPOINT_NAME.match(Path(os.readlink(latest)).name if latest.is_symlink() else "")
-            resumed_batch = int(match.group(1)) if match else -1
-        moved = []
-        for path in sorted(self.path.iterdir()):
+    def checkpoints(self, at_most_batch: int | None = None) -> list[Path]:
+        """Every checkpoint in the folder (files and sharded directories, complete or not), newest first, found by
+        listing the folder rather than trusting the ``latest`` link; only those up to a batch, if given."""
+        found = []
+        for path in self.path.iterdir() if self.path.is_dir() else []:
             match = _CHECKPOINT_NAME.match(path.name)
-            if match and int(match.group(1)) > resumed_batch:
-                self.incomplete.mkdir(exist_ok=True)
-                target = self.incomplete / path.name
-                path.rename(target)
-                moved.append(target)
-        return moved
+            if match and not path.name.endswith(MANIFEST_SUFFIX):
+                if at_most_batch is None or int(match.group(1)) <= at_most_batch:
+                    found.append((int(match.group(1)), path))
+        return [path for _, path in sorted(found, reverse=True)]
+
+    def newest_valid_checkpoint(self, report: bool = True, at_most_batch: int | None = None) -> Path | None:
+        """The newest checkpoint (up to a batch, if given) whose manifest verifies; with ``report``, each newer one
+        passed over is named with the reason."""
+        for path in self.checkpoints(at_most_batch):
+            problem = verify(path)
+            if problem is None:
+                return path
+            if report:
+                print(f"passing over checkpoint {path}: {problem}", flush=True)
+        return None
+
+    def final_checkpoint(self) -> Path:
+        """The checkpoint a finished run (a previous phase) ended with: its newest checkpoint that verifies."""
+        found = self.newest_valid_checkpoint()
+        if found is None:
+            raise ConfigError(f"the previous phase has no complete checkpoint in '{self.path}'; run it first, or "
+                              f"set checkpoint.load_path yourself")
+        return found
+
+    def resume_point(self) -> Path | None:
+        """The checkpoint a restarted run resumes from: the newest that verifies. Checkpoints newer than it (a save
+        cut off by a crash, a truncated or corrupted file) are moved into ``incomplete/``, not deleted, so they
+        neither block the new saves nor get lost. Refuses to start afresh over checkpoints none of which verify."""
+        resume = self.newest_valid_checkpoint()
+        newer = self.checkpoints()[: self.checkpoints().index(resume)] if resume else self.checkpoints()
+        if resume is None and newer:
+            raise CheckpointError(f"save_folder '{self.path}' holds checkpoints but none verifies (see above); "
+                                  f"starting afresh would lose them. Move them away to start over, or set "
+                                  f"checkpoint.load_path to one you trust")
+        for path in newer:
+            self.set_aside(path, "which does not verify")
+        return resume
+
+    def set_aside(self, checkpoint: Path, why: str) -> None:
+        """Move a checkpoint (and its manifest) into ``incomplete/``, numbered if the name is taken there."""
+        self.incomplete.mkdir(exist_ok=True)
+        suffix = next(f".{n}" if n else "" for n in range(1000)
+                      if not (self.incomplete / f"{checkpoint.name}{f'.{n}' if n else ''}").exists())
+        for item in (checkpoint, manifest_path(checkpoint)):
+            if item.exists():
+                item.rename(self.incomplete / f"{item.name}{suffix}")
+        print(f"moved {checkpoint.name}, {why}, to {self.incomplete}", flush=True)
 
 
 def read_checkpoint_state(path: Path) -> dict:
     """The ``state`` of a monolithic checkpoint, or the model and RunState parts of a sharded (DCP) one, read
-    in this one process without the optimizer state (no process group needed)."""
-    import torch
-
+    in this one process without the optimizer state (no process group needed). Every pickle in it is checked
+    by the restricted unpickler first, so a crafted file raises instead of running code."""
     if not path.is_dir():
-        return torch.load(path, map_location="cpu", weights_only=False)["state"]
+        return load_checkpoint_file(path)["state"]
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 
     if not (path / ".metadata").is_file():
         raise ValueError(f"{path}: a directory but not a sharded checkpoint (no .metadata)")
+    check_sharded_checkpoint(path)
     reader = FileSystemReader(str(path))
     keys = {key for key in reader.read_metadata().state_dict_metadata
             if key.startswith(("state.model.", "state.callbacks.RunState.model_config"))}

@@ -25,18 +25,10 @@ def run_id(config: WandbConfig, folder: RunFolder) -> str:
 
 def build_wandb_logger(train_config: TrainConfig, folder: RunFolder, rank_zero: bool, lineage: dict):
     """Composer's WandBLogger (logging from rank 0 only, but built on every rank: its init is a collective), with
-    the run's W&B id, and the resolved config plus the phase lineage as the run config.
-
-    Composer asks every logger for the latest checkpoint when autoresume finds none locally. We never upload
-    checkpoints to W&B, and the W&B API call it makes needs a network even in offline mode, so the answer is
-    'not there' without asking.
+    the run's W&B id, and the resolved config plus the phase lineage as the run config. (Composer's autoresume,
+    which would ask W&B for checkpoints over the network, is not used: see RunFolder.resume_point.)
     """
     from composer.loggers import WandBLogger
-
-    class LocalCheckpointsWandBLogger(WandBLogger):
-        def download_file(self, remote_file_name: str, destination: str, overwrite: bool = False,
-                          progress_bar: bool = True) -> None:
-            raise FileNotFoundError(f"{remote_file_name}: bertforge keeps checkpoints in save_folder, not in W&B")
 
     config: WandbConfig = train_config.wandb
     init_kwargs = {}
@@ -44,6 +36,6 @@ def build_wandb_logger(train_config: TrainConfig, folder: RunFolder, rank_zero: 
         folder.path.mkdir(parents=True, exist_ok=True)
         init_kwargs = {"config": dataclasses.asdict(train_config) | {"lineage": lineage}, "dir": str(folder.path),
                        "id": run_id(config, folder), "resume": "allow"}
-    return LocalCheckpointsWandBLogger(
+    return WandBLogger(
         project=config.project, entity=config.entity, group=config.group, name=train_config.run_name,
         tags=config.tags or None, log_artifacts=False, rank_zero_only=True, init_kwargs=init_kwargs)

@@ -95,17 +95,20 @@ class MetricsFile(Callback):
             "packing_efficiency": self._real / max(self._slots, 1), "time": time.time() - self._start,
         }
         self._real = self._slots = self._docs = 0
+        nonfinite = [key for key, value in record.items() if isinstance(value, float) and not math.isfinite(value)]
+        record.update({key: None for key in nonfinite}, **({"nonfinite": nonfinite} if nonfinite else {}))
         logger.log_metrics({f"throughput/{k}": v for k, v in record.items()
                             if k in ("tokens_per_s", "tokens_per_s_per_device", "mfu", "packing_efficiency")
                             and v is not None} | {"train/grad_norm": grad_norm, "train/lr": record["lr"]})
         if dist.get_global_rank() != 0:
             return
         with self.path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+            fh.write(json.dumps(record, allow_nan=False) + "\n")  # non-finite values are null, flagged
         if self.total_tokens:
             rate = tokens / max(record["time"], 1e-9)
             eta = (self.total_tokens - tokens) / max(rate, 1e-9)
-            print(f"[batch {batch_index}] tokens {tokens:,}/{self.total_tokens:,} loss {record['loss']:.4f} "
+            loss = "non-finite" if record["loss"] is None else f"{record['loss']:.4f}"
+            print(f"[batch {batch_index}] tokens {tokens:,}/{self.total_tokens:,} loss {loss} "
                   f"lr {record['lr']:.2e} {tokens_per_s * world:,.0f} tok/s ETA {eta / 60:.1f} min", flush=True)
 
     def fit_end(self, state: State, logger: Logger) -> None:
@@ -122,7 +125,8 @@ def plot_curves(metrics: Path, out: Path) -> None:
 
     from bertforge.atomic import atomic_path
 
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    rows = [row for line in metrics.read_text().splitlines() if line.strip()
+            if "event" not in (row := json.loads(line)) and row["loss"] is not None]
     if not rows:
         return
     tokens = [r["tokens"] for r in rows]

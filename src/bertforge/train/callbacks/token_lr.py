@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from composer.core import Callback, State
 from composer.loggers import Logger
 
@@ -18,13 +20,16 @@ class TokenScheduler(Callback):
     is a pure function of the checkpointed token count.
     """
 
-    def __init__(self, config: ScheduleConfig, total_tokens: int, peak_lr: float):
+    def __init__(self, config: ScheduleConfig, total_tokens: int, peak_lr: float,
+                 lr_scale: Callable[[], float] = lambda: 1.0):
+        """``lr_scale``: a factor on the schedule, read at each step (the divergence guard's, after rollbacks)."""
         self.config = config
         self.total_tokens = total_tokens
         self.peak_lr = peak_lr
+        self.lr_scale = lr_scale
 
     def lr_at(self, tokens: int) -> float:
-        return lr_at(self.config, self.peak_lr, tokens, self.total_tokens)
+        return lr_at(self.config, self.peak_lr, tokens, self.total_tokens) * self.lr_scale()
 
     def batch_start(self, state: State, logger: Logger) -> None:
         lr = self.lr_at(int(state.timestamp.token))

@@ -1,0 +1,59 @@
+"""Composer's checkpoint saver, made trustworthy: it does not save after a step the divergence guard rejected (a
+rollback then returns to the checkpoint before the trouble), refuses to save non-finite weights, and seals each
+checkpoint with a checksum manifest once every rank has finished writing it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from composer.callbacks import CheckpointSaver
+from composer.core import State
+from composer.loggers import Logger
+from composer.utils import dist
+
+from bertforge.errors import TrainingDiverged
+from bertforge.train.callbacks.divergence_guard import DivergenceGuard
+from bertforge.train.checkpoint_integrity import MANIFEST_SUFFIX, write_manifest
+
+
+def weights_are_finite(model: torch.nn.Module, device) -> bool:
+    """Every parameter finite on every rank (FSDP2 shards checked where they live)."""
+    local = [p.to_local() if hasattr(p, "to_local") else p for p in model.parameters()]
+    bad = sum(int(not torch.isfinite(p.detach()).all()) for p in local)
+    flag = device.tensor_to_device(torch.tensor([bad]))
+    dist.all_reduce(flag, reduce_operation="MAX")
+    return int(flag.item()) == 0
+
+
+class VerifiedCheckpointSaver(CheckpointSaver):
+    def __init__(self, *args, guard: DivergenceGuard, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.guard = guard
+
+    def _save_checkpoint(self, state: State, logger: Logger) -> None:
+        if self.guard.last_step_rejected:
+            return
+        if not weights_are_finite(state.model, state.device):
+            raise TrainingDiverged(f"the weights hold non-finite values at batch {int(state.timestamp.batch)}; "
+                                   f"no checkpoint was written over the last good one")
+        before = set(self.saved_checkpoints)
+        super()._save_checkpoint(state, logger)
+        dist.barrier()  # every rank's shard is on disk
+        if dist.get_global_rank() == 0:
+            for saved in set(self.saved_checkpoints) - before:
+                write_manifest(_checkpoint_root(Path(saved), state))
+            for manifest in Path(self.folder).glob(f"*{MANIFEST_SUFFIX}"):  # those of rotated-out checkpoints
+                if not manifest.with_name(manifest.name.removesuffix(MANIFEST_SUFFIX)).exists():
+                    manifest.unlink()
+        dist.barrier()
+
+    def _rotate_checkpoints(self, sharding_enabled: bool = False) -> None:
+        # A rollback moves the checkpoints it supersedes into incomplete/; they are no longer this saver's to delete.
+        self.saved_checkpoints = [path for path in self.saved_checkpoints if Path(path).exists()]
+        super()._rotate_checkpoints(sharding_enabled)
+
+
+def _checkpoint_root(saved: Path, state: State) -> Path:
+    """The file of a monolithic checkpoint, or the directory of a sharded one (Composer lists a file in it)."""
+    return saved.parent if state.fsdp_sharded_state_dict_enabled else saved

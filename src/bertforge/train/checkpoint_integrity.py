@@ -1,0 +1,158 @@
+"""Checkpoints that can be trusted: a checksum manifest written once a checkpoint is complete, and loading that
+unpickles nothing but data.
+
+A manifest (``<checkpoint>.manifest.json``) lists every file of a checkpoint with its size and SHA-256; it is
+written after the checkpoint, so a checkpoint without one was cut off while saving. ``verify`` says what is wrong
+with a checkpoint (missing manifest, a missing, truncated or altered file) or None when it is whole.
+
+Composer and torch.distributed.checkpoint unpickle checkpoints with plain pickle, which runs whatever code a
+crafted file names. ``check_checkpoint`` first reads every pickle of a checkpoint with a restricted unpickler
+(torch's ``weights_only`` loader allowing only the few plain classes our checkpoints hold; an allow-list of
+torch.distributed.checkpoint's own classes for a sharded checkpoint's index) and raises naming the file and the
+class instead of running anything. `bertforge train` calls it on every checkpoint before Composer loads it (a
+resume, ``checkpoint.load_path``, ``phase.after``, a rollback); export reads with the restricted loader itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+import re
+from pathlib import Path
+
+from bertforge.atomic import write_text_atomic
+from bertforge.errors import CheckpointError
+
+MANIFEST_SUFFIX = ".manifest.json"
+
+
+def manifest_path(checkpoint: Path) -> Path:
+    return checkpoint.with_name(checkpoint.name + MANIFEST_SUFFIX)
+
+
+def _files(checkpoint: Path) -> list[Path]:
+    return sorted(p for p in checkpoint.rglob("*") if p.is_file()) if checkpoint.is_dir() else [checkpoint]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 23):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(checkpoint: Path) -> Path:
+    """Record the size and checksum of every file of a complete checkpoint (a file, or a sharded directory)."""
+    files = {(p.relative_to(checkpoint).as_posix() if checkpoint.is_dir() else p.name):
+             {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _files(checkpoint)}
+    target = manifest_path(checkpoint)
+    write_text_atomic(target, json.dumps({"checkpoint": checkpoint.name, "files": files}, indent=1))
+    return target
+
+
+def verify(checkpoint: Path) -> str | None:
+    """None if the checkpoint is whole; else why not, in words a user can act on."""
+    manifest = manifest_path(checkpoint)
+    if not manifest.is_file():
+        return "no checksum manifest: the save did not finish"
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"its manifest {manifest.name} is unreadable"
+    for name, expected in files.items():
+        path = checkpoint / name if checkpoint.is_dir() else checkpoint
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            return f"{name} is {size} bytes, the manifest says {expected['bytes']} (truncated or rewritten)"
+        if _sha256(path) != expected["sha256"]:
+            return f"{name} does not match its checksum (corrupted)"
+    return None
+
+
+def _safe_globals() -> list:
+    """What our checkpoints hold beyond tensors and plain containers: numpy arrays (RNG states), the torch version
+    and a timedelta in Composer's metadata. Everything else is refused."""
+    import datetime
+
+    import numpy as np
+    from numpy._core.multiarray import _reconstruct
+    from torch.torch_version import TorchVersion
+
+    numeric = [type(np.dtype(kind)) for kind in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16",
+                                                  "uint32", "uint64", "float16", "float32", "float64")]
+    return [np.dtype, *numeric, np.ndarray, _reconstruct, TorchVersion, datetime.timedelta]
+
+
+def load_checkpoint_file(path: Path):
+    """A torch.save file (a monolithic checkpoint), read with the restricted unpickler."""
+    return check_unpickle_safe(path, str(path))
+
+
+def check_unpickle_safe(data: bytes | Path, source: str):
+    """Unpickle ``data`` (a torch.save file or blob) with the restricted loader and return it; raise
+    CheckpointError naming ``source`` and the refused class if it holds anything else."""
+    import torch
+
+    stream = io.BytesIO(data) if isinstance(data, bytes) else data
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(stream, map_location="cpu", weights_only=True, mmap=not isinstance(data, bytes))
+    except pickle.UnpicklingError as err:
+        named = re.search(r"GLOBAL ([\w.]+)|but got <class '([\w.]+)'>", str(err))
+        refused = f"it names {named.group(1) or named.group(2)}" if named else str(err).splitlines()[0]
+        raise CheckpointError(f"{source}: refused to load: it holds more than tensors and plain data and could run "
+                              f"code when unpickled ({refused}); load only checkpoints you trust") from None
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """The index file of a sharded checkpoint: torch.distributed.checkpoint's own metadata classes only."""
+
+    _ALLOWED_MODULES = ("torch.distributed.checkpoint.", "torch.distributed._shard.")
+    _ALLOWED = {("collections", "OrderedDict"), ("torch", "Size"), ("torch.serialization", "_get_layout"),
+                ("pathlib", "PosixPath")}
+
+    def find_class(self, module: str, name: str):
+        import torch
+
+        if module.startswith(self._ALLOWED_MODULES) or (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout,
+                                                                        torch.memory_format)):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed")
+
+
+def _read_metadata(path: Path):
+    try:
+        with path.open("rb") as fh:
+            return _MetadataUnpickler(fh).load()
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path}: refused to load, it names {err}; load only checkpoints you trust") from None
+
+
+def check_sharded_checkpoint(directory: Path) -> None:
+    """Every pickle of a sharded checkpoint: its index, then every item its index lists."""
+    metadata = _read_metadata(directory / ".metadata")
+    specs: dict[str, list[tuple[int, int]]] = {}
+    for info in metadata.storage_data.values():
+        specs.setdefault(info.relative_path, []).append((info.offset, info.length))
+    for name, items in specs.items():
+        with (directory / name).open("rb") as fh:
+            for offset, length in items:
+                fh.seek(offset)
+                check_unpickle_safe(fh.read(length), f"{directory / name} (bytes {offset}-{offset + length})")
+
+
+def check_checkpoint(path: Path) -> None:
+    """A monolithic checkpoint or a sharded directory holds nothing that could run code when loaded."""
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at '{path}'")
+    if path.is_dir():
+        check_sharded_checkpoint(path)
+    else:
+        load_checkpoint_file(path)
