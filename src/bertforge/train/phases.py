@@ -36,10 +36,11 @@ FRESH_STATE_KEYS = ["state/timestamp", "state/callbacks/*", "state/schedulers", 
 
 @dataclass
 class StartingPoint:
-    """What a run loads before its first step (unless autoresume finds a checkpoint of its own)."""
+    """What a run loads before its first step."""
 
     load_path: str | None = None
-    """A checkpoint to load: the predecessor's final one, or ``checkpoint.load_path``; None for a fresh start."""
+    """A checkpoint to load: the run's own newest verified one (a restart), the predecessor's final one, or
+    ``checkpoint.load_path``; None for a fresh start."""
     weights_only: bool = False
     """Take only the model weights from it."""
     ignore_keys: list[str] | None = None

@@ -5,11 +5,11 @@
       metrics.jsonl        one JSON object per logged step
       curves.png           loss and LR against tokens
       wandb_run_id         the W&B run id, reused by restarts
-      run.lock             who is training in this folder (pid, host), while they do
+      run.lock             who is training in this folder (pid, host, Slurm job), while they do
       ep0-ba800-rank0.pt   Composer checkpoints (an FSDP2 sharded one is a directory ep0-ba800/)
       ep0-ba800-rank0.pt.manifest.json   its size and SHA-256 per file, written once it is complete
       latest-rank0.pt      Composer's link to its newest checkpoint (bertforge itself lists and verifies)
-      incomplete/          checkpoints that do not verify, set aside before a resume
+      incomplete/          checkpoints that do not verify, or that a rollback superseded, kept aside
       slurm/               the rendered sbatch script and the job's log
 
 Imports no torch at module level; reading a checkpoint loads it when called.
