@@ -240,4 +240,4 @@ def test_a_second_run_on_the_same_folder_is_refused_before_it_writes(tmp_path, s
 def test_keep_zero_is_refused(tmp_path, sample_data):
     result = _train(run_config(tmp_path, sample_data, "keep0"), "checkpoint.keep=0")
     assert result.returncode == 2
-    assert "'checkpoint.keep' must be -1 (keep all) or at least 1, got 0" in result.stderr
+    assert "in 'checkpoint': 'keep' must be -1 (keep all) or at least 1, got 0" in result.stderr

@@ -31,6 +31,19 @@ BAD_RUNS = {
     "special ids differ": (["model.mask_token_id=7"], 1, "model.mask_token_id is 7 but the tokenizer's [MASK] is 3"),
     "decay without a token duration": (["max_duration=12ba"], 1, "a decaying schedule needs max_duration in tokens"),
     "stableadamw under fsdp2 on CPU": (["parallelism=fsdp2"], 1, "optimizer 'stableadamw' under parallelism 'fsdp2'"),
+    "rows longer than the model is meant for": (["model.max_position_embeddings=128"], 1,
+                                                "data.max_seq_len (256) is above model.max_position_embeddings (128)"),
+}
+
+# (override, what the one-line error must say): values refused when the config is read, by every command.
+BAD_VALUES = {
+    "optimizer.betas=[0.9]": "in 'optimizer': 'betas' must be two numbers in [0, 1), e.g. [0.9, 0.98], got [0.9]",
+    "optimizer.weight_decay=-0.1": "in 'optimizer': 'weight_decay' must be >= 0, got -0.1",
+    "data.streams.code.repeat=0": "in 'data.streams.code': 'repeat' must be above 0",
+    "data.buffer_docs=0": "in 'data': 'buffer_docs' must be at least 1, got 0",
+    "data.doc_batch=0": "in 'data': 'doc_batch' must be at least 1, got 0",
+    "checkpoint.keep=0": "in 'checkpoint': 'keep' must be -1 (keep all) or at least 1, got 0",
+    "stability.rollback_lr_scale=0": "in 'stability': 'rollback_lr_scale' must be in (0, 1], got 0.0",
 }
 
 
@@ -54,6 +67,31 @@ def test_train_and_slurm_refuse_a_bad_run_with_the_same_message(tmp_path, sample
     assert expected in _error_line(trained)
     assert _error_line(slurm) == _error_line(trained)
     assert not (tmp_path / "bad").exists()  # neither wrote anything: no config.yaml, no script
+
+
+@pytest.mark.parametrize("override", list(BAD_VALUES))
+def test_a_bad_value_is_one_line_naming_file_and_key(tmp_path, sample_data, override):
+    config = run_config(tmp_path, sample_data, "values")
+    result = subprocess.run([BERTFORGE, "train", str(config), "--print-config", override], capture_output=True,
+                            text=True, timeout=120)
+    assert _error_line(result).startswith(f"bertforge: error: {config}: {BAD_VALUES[override]}")
+    assert "Traceback" not in result.stderr
+
+
+def test_yaml_syntax_errors_and_empty_recipes_are_one_line(tmp_path):
+    broken = tmp_path / "run.yaml"
+    broken.write_text("run_name: x\nmodel:\n  hidden_size: [1, 2\ndata: {}\n")
+    result = subprocess.run([BERTFORGE, "train", str(broken)], capture_output=True, text=True, timeout=120)
+    assert _error_line(result).startswith(f"bertforge: error: {broken}:4:5: not valid YAML (")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("tokenizer: t\nout_dir: o\nsources: []\n")
+    for overrides, message in (([], "'sources' is empty"), (["files_per_unit=0", "sources=[{name: a, inputs: "
+                                                              "[{format: pydoc_topics}]}]"],
+                                                             "'files_per_unit' must be at least 1, got 0")):
+        result = subprocess.run([BERTFORGE, "prep", str(recipe), *overrides], capture_output=True, text=True,
+                                timeout=120)
+        assert message in _error_line(result) and "Traceback" not in result.stderr
+    assert not (tmp_path / "o").exists()
 
 
 def test_plan_runs_the_preflight_for_its_ranks():

@@ -12,6 +12,7 @@ import difflib
 import types
 import typing
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 T = TypeVar("T")
@@ -19,6 +20,20 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A problem in a config that the user can fix; the message says where and how."""
+
+
+def load_yaml(path: Path):
+    """``OmegaConf.load``, with a YAML syntax error reported as one line naming the file, line and column."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML ({problem}); fix the syntax there") from None
 
 
 def unknown_key_message(key: str, valid: typing.Iterable[str], *, prefix: str = "") -> str:
@@ -44,7 +59,8 @@ def build(cls: type[T], data: Mapping[str, Any] | None, *, source: str = "<confi
     try:
         return cls(**kwargs)
     except ConfigError as err:
-        raise ConfigError(f"{source}: {err}") from None
+        where = f"in '{prefix.rstrip('.')}': " if prefix else ""
+        raise ConfigError(f"{source}: {where}{err}") from None
 
 
 def _coerce(tp: Any, value: Any, *, source: str, key: str) -> Any:

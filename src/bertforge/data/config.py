@@ -22,6 +22,12 @@ class StreamConfig:
     repeat: float | None = None
     """Up- or down-sample this stream by this factor instead of a proportion."""
 
+    def __post_init__(self) -> None:
+        for key in ("proportion", "repeat"):
+            if getattr(self, key) is not None and getattr(self, key) <= 0:
+                raise ConfigError(f"'{key}' must be above 0 (leave the stream out to drop it), got "
+                                  f"{getattr(self, key)}")
+
 
 @dataclass
 class DataConfig:
@@ -68,3 +74,8 @@ class DataConfig:
             raise ConfigError(f"'micro_batch_size' must be >= 0, got {self.micro_batch_size}")
         if self.max_seq_len < 8:
             raise ConfigError(f"'max_seq_len' must be at least 8, got {self.max_seq_len}")
+        for key in ("buffer_docs", "doc_batch"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"'{key}' must be at least 1, got {getattr(self, key)}")
+        if self.num_workers < 0:
+            raise ConfigError(f"'num_workers' must be >= 0 (0 reads in the training process), got {self.num_workers}")

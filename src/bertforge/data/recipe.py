@@ -66,6 +66,11 @@ class PrepRecipe:
     def __post_init__(self) -> None:
         if self.max_seq_len < 8:
             raise ConfigError(f"'max_seq_len' must be at least 8, got {self.max_seq_len}")
+        if not self.sources:
+            raise ConfigError("'sources' is empty; name at least one source with its inputs")
+        for key in ("workers", "files_per_unit", "shard_size_limit"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"'{key}' must be at least 1, got {getattr(self, key)}")
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ConfigError(f"source names must be unique, got {names}")
@@ -90,13 +95,13 @@ def register_resolvers() -> None:
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> PrepRecipe:
     from omegaconf import OmegaConf
 
-    from bertforge.schema import build
+    from bertforge.schema import build, load_yaml
 
     register_resolvers()
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no recipe file '{path}'")
-    conf = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides or [])))
+    conf = OmegaConf.merge(load_yaml(path), OmegaConf.from_dotlist(list(overrides or [])))
     recipe = build(PrepRecipe, OmegaConf.to_container(conf, resolve=True), source=str(path))
     check_inputs_exist(recipe, source=str(path))
     return recipe

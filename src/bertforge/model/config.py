@@ -97,8 +97,8 @@ def load_model_config(name_or_path: str | Path, overrides: list[str] | None = No
     from omegaconf import OmegaConf
 
     from bertforge.paths import resolve_yaml
-    from bertforge.schema import build
+    from bertforge.schema import build, load_yaml
 
     path = resolve_yaml(name_or_path, "models")
-    conf = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(list(overrides or [])))
+    conf = OmegaConf.merge(load_yaml(path), OmegaConf.from_dotlist(list(overrides or [])))
     return build(ModernBertConfig, OmegaConf.to_container(conf, resolve=True), source=str(path))

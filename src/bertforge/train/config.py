@@ -20,7 +20,7 @@ from typing import Any, Literal
 from bertforge.data.config import DataConfig
 from bertforge.model.config import ModernBertConfig
 from bertforge.paths import YAMLS_DIR
-from bertforge.schema import ConfigError, build
+from bertforge.schema import ConfigError, build, load_yaml
 
 _TIME = re.compile(r"^(\d+)(tok|ba|ep|sp)$")
 
@@ -46,6 +46,14 @@ class OptimizerConfig:
     """Adam epsilon."""
     weight_decay: float = 1e-5
     """Decoupled weight decay, applied to matrices and embeddings only."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.eps <= 0:
+            raise ConfigError(f"'lr' and 'eps' must be above 0, got lr={self.lr}, eps={self.eps}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"'weight_decay' must be >= 0, got {self.weight_decay}")
+        if len(self.betas) != 2 or not all(0.0 <= beta < 1.0 for beta in self.betas):
+            raise ConfigError(f"'betas' must be two numbers in [0, 1), e.g. [0.9, 0.98], got {self.betas}")
 
 
 @dataclass
@@ -104,7 +112,7 @@ class CheckpointConfig:
     def __post_init__(self) -> None:
         parse_time(self.interval, "checkpoint.interval")
         if self.keep == 0 or self.keep < -1:
-            raise ConfigError(f"'checkpoint.keep' must be -1 (keep all) or at least 1, got {self.keep}; a run that "
+            raise ConfigError(f"'keep' must be -1 (keep all) or at least 1, got {self.keep}; a run that "
                               f"keeps no checkpoint cannot resume or export")
 
 
@@ -143,17 +151,17 @@ class StabilityConfig:
     def __post_init__(self) -> None:
         for key in ("loss_zscore", "grad_norm_ratio"):
             if getattr(self, key) < 0:
-                raise ConfigError(f"'stability.{key}' must be >= 0 (0 turns it off), got {getattr(self, key)}")
+                raise ConfigError(f"'{key}' must be >= 0 (0 turns it off), got {getattr(self, key)}")
         for key in ("window", "min_history", "max_skips_in_a_row"):
             if getattr(self, key) < 1:
-                raise ConfigError(f"'stability.{key}' must be at least 1, got {getattr(self, key)}")
+                raise ConfigError(f"'{key}' must be at least 1, got {getattr(self, key)}")
         if self.min_history > self.window:
-            raise ConfigError(f"'stability.min_history' ({self.min_history}) cannot exceed 'stability.window' "
+            raise ConfigError(f"'min_history' ({self.min_history}) cannot exceed 'window' "
                               f"({self.window})")
         if self.max_rollbacks < 0:
-            raise ConfigError(f"'stability.max_rollbacks' must be >= 0, got {self.max_rollbacks}")
+            raise ConfigError(f"'max_rollbacks' must be >= 0, got {self.max_rollbacks}")
         if not 0.0 < self.rollback_lr_scale <= 1.0:
-            raise ConfigError(f"'stability.rollback_lr_scale' must be in (0, 1], got {self.rollback_lr_scale}")
+            raise ConfigError(f"'rollback_lr_scale' must be in (0, 1], got {self.rollback_lr_scale}")
 
 
 @dataclass
@@ -266,7 +274,7 @@ def _load_with_includes(path: Path, seen: tuple[Path, ...] = ()) -> Any:
 
     if path in seen:
         raise ConfigError(f"{path}: includes itself (via {' -> '.join(map(str, seen))})")
-    conf = OmegaConf.load(path)
+    conf = load_yaml(path)
     includes = conf.pop("includes", None) if "includes" in conf else None
     merged = OmegaConf.create()
     for key, target in (includes or {}).items():

@@ -24,6 +24,7 @@ def preflight(config: TrainConfig, world_size: int, *, device: Literal["cpu", "g
     tokenizer the run will read (off where they need not exist yet, as in `plan`).
     """
     check_batch(config, world_size)
+    check_lengths(config)
     if files:
         check_data_paths(config)
         check_tokenizer_fits(config)
@@ -53,6 +54,14 @@ def check_batch(config: TrainConfig, world_size: int) -> None:
     if config.batch_warmup.start > config.global_batch_size:
         raise ConfigError(f"'batch_warmup.start' ({config.batch_warmup.start}) is larger than 'global_batch_size' "
                           f"({config.global_batch_size}); the warmup grows the batch towards it")
+
+
+def check_lengths(config: TrainConfig) -> None:
+    """Rows longer than the model is meant for would train, and export a config that says otherwise."""
+    if config.data.max_seq_len > config.model.max_position_embeddings:
+        raise ConfigError(f"data.max_seq_len ({config.data.max_seq_len}) is above model.max_position_embeddings "
+                          f"({config.model.max_position_embeddings}); set model.max_position_embeddings="
+                          f"{config.data.max_seq_len} or shorten the rows")
 
 
 def check_data_paths(config: TrainConfig) -> None:
