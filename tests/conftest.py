@@ -32,14 +32,13 @@ def sample_data(tmp_path_factory) -> dict:
     """Tokenizer (vocab 2048) trained on, and shards prepared from, a slice of the sample corpus at 1024."""
     from bertforge.data.prep import prepare
     from bertforge.data.recipe import load_recipe
-    from bertforge.data.sources import plan_units, read_unit
+    from bertforge.data.sources import recipe_texts
     from bertforge.data.tokenizer import train_tokenizer
 
     out = tmp_path_factory.mktemp("sample")
     tokenizer = out / "tokenizer"
     recipe_path = small_sample_recipe(out, tokenizer)
     recipe = load_recipe(recipe_path)
-    texts = (t for s in recipe.sources for u in plan_units(s, recipe.files_per_unit) for t, _ in read_unit(u) if t)
-    train_tokenizer(texts, 2048, tokenizer)
+    train_tokenizer(recipe_texts(recipe), 2048, tokenizer)
     stats = prepare(recipe, progress=False)
     return {"root": out, "recipe": recipe_path, "tokenizer": str(tokenizer), "mds": out / "mds", "stats": stats}

@@ -72,6 +72,38 @@ def test_long_documents_are_chunked_not_truncated(tmp_path, sample_data):
     assert body == tok(long_text, add_special_tokens=False)["input_ids"]
 
 
+def test_a_wrong_text_field_is_refused_before_any_work(tmp_path, sample_data):
+    (tmp_path / "docs.jsonl").write_text(json.dumps({"id": 1, "body": "the text"}) + "\n")
+    path = _write_recipe(tmp_path, sample_data["tokenizer"], [
+        {"name": "web", "inputs": [{"format": "jsonl", "path": str(tmp_path / "docs.jsonl")}]}])
+    with pytest.raises(ConfigError, match=rf"source 'web': the first record of {tmp_path / 'docs.jsonl'} has no "
+                                          r"field 'text' \(it has: body, id\); set the input's text_field"):
+        prepare(load_recipe(path), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_two_preps_into_one_folder_are_refused(tmp_path, sample_data):
+    from bertforge.folder_lock import acquire_lock, release_lock
+
+    path = _write_recipe(tmp_path, sample_data["tokenizer"], [{"name": "web", "inputs": [{"format": "pydoc_topics"}]}])
+    lock = tmp_path / "out" / "prep.lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from bertforge.folder_lock import acquire_lock; "
+                               "acquire_lock(Path(sys.argv[1]), 'bertforge prep'); print('held', flush=True); "
+                               "time.sleep(60)", str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConfigError, match=rf"is in use by another bertforge prep \(pid {holder.pid} on"):
+            prepare(load_recipe(path), progress=False)
+        assert not (tmp_path / "out" / "web").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    acquire_lock(lock, "bertforge prep")  # the holder is dead: its lock is taken over
+    release_lock(lock)
+    assert not lock.exists()
+
+
 def test_bad_records_are_counted_not_fatal(tmp_path, sample_data):
     lines = [json.dumps({"text": "fine document"}).encode(), json.dumps({"text": "   "}).encode(), b"{not json",
              json.dumps({"body": "wrong field"}).encode(), b'{"text": "caf\xe9"}']

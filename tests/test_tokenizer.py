@@ -23,3 +23,7 @@ def test_cli_trains_a_tokenizer(tmp_path, sample_data):
     assert result.returncode == 0, result.stderr
     tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
     assert len(tok) == 512  # 500 padded up to a multiple of 64
+    # Reading the corpus shows progress, as prep does: units, documents, megabytes and their rates.
+    progress = result.stderr.replace("\r", "\n").splitlines()
+    assert any(line.startswith("reading: 100%") and " docs, " in line and " MB/s" in line for line in progress), \
+        result.stderr[-2000:]

@@ -37,12 +37,10 @@ def _prep(args: argparse.Namespace) -> None:
 
 def _tokenizer_train(args: argparse.Namespace) -> None:
     from bertforge.data.recipe import load_recipe
-    from bertforge.data.sources import plan_units, read_unit
+    from bertforge.data.sources import recipe_texts
     from bertforge.data.tokenizer import train_tokenizer
 
-    recipe = load_recipe(args.recipe, args.overrides)
-    texts = (text for src in recipe.sources for unit in plan_units(src, recipe.files_per_unit)
-             for text, _ in read_unit(unit) if text)
+    texts = recipe_texts(load_recipe(args.recipe, args.overrides), progress=True)
     out = train_tokenizer(texts, args.vocab_size, args.out)
     print(f"wrote tokenizer to {out}")
 

@@ -20,8 +20,9 @@ from pathlib import Path
 
 from bertforge.atomic import write_text_atomic
 from bertforge.data.recipe import PrepRecipe
-from bertforge.data.sources import Unit, plan_units, read_unit
+from bertforge.data.sources import Unit, check_text_fields, plan_units, read_unit
 from bertforge.data.tokenizer import load_tokenizer, special_ids
+from bertforge.folder_lock import acquire_lock, release_lock
 
 _BATCH = 256
 
@@ -138,12 +139,23 @@ def _done_unit_stats(unit: Unit, part_dir: Path) -> dict | None:
 
 def prepare(recipe: PrepRecipe, *, progress: bool = True) -> dict[str, dict]:
     """Prepare every source; returns each source's stats (also written to ``<out_dir>/<source>/stats.json``)."""
-    from tqdm import tqdm
-
     load_tokenizer(recipe.tokenizer)  # fail before forking workers if the tokenizer is missing
     out_dir = Path(recipe.out_dir)
-    todo, done = [], {}
     units_by_source = {src.name: plan_units(src, recipe.files_per_unit) for src in recipe.sources}
+    for units in units_by_source.values():
+        check_text_fields(units)
+    lock = out_dir / "prep.lock"
+    acquire_lock(lock, "bertforge prep")
+    try:
+        return _prepare(recipe, units_by_source, out_dir, progress)
+    finally:
+        release_lock(lock)
+
+
+def _prepare(recipe: PrepRecipe, units_by_source: dict[str, list], out_dir: Path, progress: bool) -> dict[str, dict]:
+    from tqdm import tqdm
+
+    todo, done = [], {}
     for name, units in units_by_source.items():
         if not units:
             raise FileNotFoundError(f"source '{name}': its inputs match no files; check 'path' and 'include'")

@@ -11,11 +11,13 @@ import gzip
 import hashlib
 import io
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bertforge.data.recipe import InputConfig, SourceConfig
+from bertforge.data.recipe import InputConfig, PrepRecipe, SourceConfig
+from bertforge.schema import ConfigError
 
 Record = tuple[str | None, str | None]
 
@@ -62,6 +64,38 @@ def plan_units(source: SourceConfig, files_per_unit: int) -> list[Unit]:
     return units
 
 
+def _first_record_fields(name: str, fmt: str) -> list[str] | None:
+    """The fields of a JSONL or Parquet file's first record; None when it has no readable record."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.ParquetFile(name).schema_arrow.names)
+    for line in _open_text_lines(name):
+        if line.strip():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                return None
+            return sorted(record) if isinstance(record, dict) else None
+    return None
+
+
+def check_text_fields(units: list[Unit]) -> None:
+    """Before any work: the first file of each JSONL or Parquet input has its ``text_field``. A wrong field name
+    would otherwise skip every record and leave an empty dataset that fails far from the cause."""
+    checked = set()
+    for unit in units:
+        inp = unit.input
+        if inp.format not in ("jsonl", "parquet") or not unit.files or id(inp) in checked:
+            continue
+        checked.add(id(inp))
+        fields = _first_record_fields(unit.files[0], inp.format)
+        if fields is not None and inp.text_field not in fields:
+            raise ConfigError(f"source '{unit.source}': the first record of {unit.files[0]} has no field "
+                              f"'{inp.text_field}' (it has: {', '.join(fields)}); set the input's text_field to "
+                              f"the one that holds the text")
+
+
 def read_unit(unit: Unit) -> Iterator[Record]:
     fmt = unit.input.format
     if fmt == "pydoc_topics":
@@ -75,6 +109,25 @@ def read_unit(unit: Unit) -> Iterator[Record]:
                   "parquet": _read_parquet}[fmt]
         for name in unit.files:
             yield from reader(name, unit.input.text_field)
+
+
+def recipe_texts(recipe: PrepRecipe, progress: bool = False) -> Iterator[str]:
+    """Every document text of a recipe's sources, in order (what a tokenizer is trained on); with ``progress``, a
+    bar over the units with documents and megabytes read, their rates, and an ETA."""
+    from tqdm import tqdm
+
+    units = [unit for src in recipe.sources for unit in plan_units(src, recipe.files_per_unit)]
+    docs, size, start = 0, 0, time.time()
+    with tqdm(total=len(units), unit="unit", desc="reading", disable=not progress) as bar:
+        for unit in units:
+            for text, _ in read_unit(unit):
+                if text:
+                    docs, size = docs + 1, size + len(text)
+                    yield text
+            elapsed = max(time.time() - start, 1e-9)
+            bar.set_postfix_str(f"{docs:,} docs, {size / 1e6:,.1f} MB, {docs / elapsed:,.0f} docs/s, "
+                                f"{size / 1e6 / elapsed:,.1f} MB/s")
+            bar.update()
 
 
 def _checked(text: str) -> Record:

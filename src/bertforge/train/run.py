@@ -1,7 +1,7 @@
 """`bertforge train`: a run config in, a trained (and exported) model out, as a short sequence of named steps.
 
     check  -> preflight: everything that can be refused before a process group or a model exists
-    lock   -> one run per save folder (train/run_lock.py); the checkpoint to resume from, verified
+    lock   -> one run per save folder (folder_lock.py); the checkpoint to resume from, verified
     data   -> the packed MLM loader, grouped into optimizer steps
     model  -> ModernBERT, its initial weights, and what it loads (a predecessor phase, a checkpoint)
     parallelize -> DDP or FSDP2 (train/parallelize.py)
@@ -18,13 +18,13 @@ from typing import TypeVar
 
 from bertforge.atomic import write_text_atomic
 from bertforge.errors import CheckpointError, TrainingDiverged
+from bertforge.folder_lock import acquire_lock, release_lock
 from bertforge.schema import ConfigError
 from bertforge.train.checkpoint_integrity import check_checkpoint
 from bertforge.train.config import TrainConfig, parse_time, resolved_yaml
 from bertforge.train.launcher import adopt_launcher_environment, launcher_world_size
 from bertforge.train.preflight import preflight
 from bertforge.train.run_folder import CHECKPOINT_FILENAME, LATEST_FILENAME, RunFolder
-from bertforge.train.run_lock import acquire_run_lock, release_run_lock
 
 T = TypeVar("T")
 
@@ -169,12 +169,12 @@ def train(config: TrainConfig) -> Path:
     dist.initialize_dist(device)
     reproducibility.seed_all(config.seed)
     folder = RunFolder(config.save_folder)
-    _on_rank_zero(lambda: acquire_run_lock(folder.lock))
+    _on_rank_zero(lambda: acquire_lock(folder.lock, "bertforge train"))
     try:
         return _run(config, folder, world, device)
     finally:
         if dist.get_global_rank() == 0:
-            release_run_lock(folder.lock)
+            release_lock(folder.lock)
 
 
 def _run(config: TrainConfig, folder: RunFolder, world: int, device) -> Path:

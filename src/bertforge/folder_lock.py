@@ -1,7 +1,8 @@
-"""One training run per save folder.
+"""One writer per folder: one training run per save folder, one prep per output folder.
 
-Two runs writing one folder interleave their metrics and overwrite each other's config and checkpoints, so
-`bertforge train` takes ``save_folder/run.lock`` before it writes anything. The lock holds the holder's pid, host,
+Two runs writing one folder interleave their metrics and overwrite each other's config and checkpoints (two preps
+race on the same unit folders), so `bertforge train` takes ``save_folder/run.lock`` and `bertforge prep` takes
+``out_dir/prep.lock`` before they write anything. The lock holds the holder's pid, host,
 process start time and Slurm job id. A lock left behind by a process that is gone (same host, pid dead or reused)
 is taken over, and so is one left by an earlier attempt of the same Slurm job (a requeue keeps the job id but may
 run on another host). Anything else is refused with the holder named.
@@ -51,8 +52,8 @@ def _read_holder(lock: Path) -> dict:
     return {}
 
 
-def acquire_run_lock(lock: Path) -> None:
-    """Take the lock or raise a ConfigError naming who holds it and what to do."""
+def acquire_lock(lock: Path, command: str) -> None:
+    """Take the lock or raise a ConfigError naming who holds it (another ``command``) and what to do."""
     lock.parent.mkdir(parents=True, exist_ok=True)
     mine = json.dumps(_holder())
     for _ in range(2):
@@ -61,10 +62,9 @@ def acquire_run_lock(lock: Path) -> None:
         except FileExistsError:
             holder = _read_holder(lock)
             if holder and not _is_stale(holder):
-                raise ConfigError(f"save_folder '{lock.parent}' is in use by another bertforge train (pid "
-                                  f"{holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}); "
-                                  f"wait for it, stop it, or give this run another save_folder. If that process "
-                                  f"is gone, delete {lock}") from None
+                raise ConfigError(f"'{lock.parent}' is in use by another {command} (pid {holder.get('pid')} on "
+                                  f"{holder.get('host')}, since {holder.get('since')}); wait for it, stop it, or "
+                                  f"write to another folder. If that process is gone, delete {lock}") from None
             lock.unlink(missing_ok=True)  # stale (or unreadable, as a kill while writing it leaves it): take over
             continue
         with os.fdopen(fd, "w") as fh:
@@ -73,7 +73,7 @@ def acquire_run_lock(lock: Path) -> None:
     raise ConfigError(f"could not take {lock}: another run took it at the same moment; try again")
 
 
-def release_run_lock(lock: Path) -> None:
+def release_lock(lock: Path) -> None:
     """Remove the lock if this process holds it."""
     try:
         if json.loads(lock.read_text()).get("pid") == os.getpid():
