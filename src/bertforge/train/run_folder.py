@@ -38,39 +38,23 @@ LATEST_FILENAME = "latest-rank{rank}.pt"
 _CHECKPOINT_NAME = re.compile(r"^ep\d+-ba(\d+)")
 
 
+def _entry(name: str) -> property:
+    return property(lambda self: self.path / name, doc=f"save_folder/{name}")
+
+
 class RunFolder:
     """A run's save folder; its properties are the paths of what lies in it."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
-    @property
-    def config(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def metrics(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def curves(self) -> Path:
-        return self.path / "curves.png"
-
-    @property
-    def wandb_run_id(self) -> Path:
-        return self.path / "wandb_run_id"
-
-    @property
-    def incomplete(self) -> Path:
-        return self.path / "incomplete"
-
-    @property
-    def slurm(self) -> Path:
-        return self.path / "slurm"
-
-    @property
-    def lock(self) -> Path:
-        return self.path / "run.lock"
+    config = _entry("config.yaml")
+    metrics = _entry("metrics.jsonl")
+    curves = _entry("curves.png")
+    wandb_run_id = _entry("wandb_run_id")
+    incomplete = _entry("incomplete")
+    slurm = _entry("slurm")
+    lock = _entry("run.lock")
 
     def checkpoints(self, at_most_batch: int | None = None) -> list[Path]:
         """Every checkpoint in the folder (files and sharded directories, complete or not), newest first, found by
@@ -107,20 +91,25 @@ class RunFolder:
         cut off by a crash, a truncated or corrupted file) are moved into ``incomplete/``, not deleted, so they
         neither block the new saves nor get lost. Refuses to start afresh over checkpoints none of which verify."""
         resume = self.newest_valid_checkpoint()
-        newer = self.checkpoints()[: self.checkpoints().index(resume)] if resume else self.checkpoints()
-        if resume is None and newer:
+        if resume is None and self.checkpoints():
             raise CheckpointError(f"save_folder '{self.path}' holds checkpoints but none verifies (see above); "
                                   f"starting afresh would lose them. Move them away to start over, or set "
                                   f"checkpoint.load_path to one you trust")
-        for path in newer:
-            self.set_aside(path, "which does not verify")
+        self.set_aside_newer_than(resume, "which does not verify")
         return resume
 
-    def set_aside(self, checkpoint: Path, why: str) -> None:
-        """Move a checkpoint (and its manifest) into ``incomplete/``, numbered if the name is taken there."""
+    def set_aside_newer_than(self, checkpoint: Path | None, why: str) -> None:
+        """Move every checkpoint newer than ``checkpoint`` (all, when None) and its manifest into ``incomplete/``,
+        numbered where the name is taken there, and say so with ``why``."""
+        listed = self.checkpoints()
+        for path in listed[: listed.index(checkpoint)] if checkpoint else listed:
+            self._set_aside(path, why)
+
+    def _set_aside(self, checkpoint: Path, why: str) -> None:
         self.incomplete.mkdir(exist_ok=True)
-        suffix = next(f".{n}" if n else "" for n in range(1000)
-                      if not (self.incomplete / f"{checkpoint.name}{f'.{n}' if n else ''}").exists())
+        free = next(name for name in (f"{checkpoint.name}.{n}" if n else checkpoint.name for n in range(1000))
+                    if not (self.incomplete / name).exists())
+        suffix = free.removeprefix(checkpoint.name)
         for item in (checkpoint, manifest_path(checkpoint)):
             if item.exists():
                 item.rename(self.incomplete / f"{item.name}{suffix}")

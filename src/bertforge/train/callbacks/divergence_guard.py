@@ -164,8 +164,7 @@ class DivergenceGuard(Callback):
         if target is None:
             return None
         check_checkpoint(target)
-        for later in self.folder.checkpoints()[: self.folder.checkpoints().index(target)]:
-            self.folder.set_aside(later, "superseded by a rollback")
+        self.folder.set_aside_newer_than(target, "superseded by a rollback")
         return str(target)
 
     # -- checkpointing ---------------------------------------------------------------------------------------
