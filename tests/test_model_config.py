@@ -66,7 +66,7 @@ def test_bad_value_in_a_file_names_the_file(tmp_path):
 
 
 def test_unknown_attention_backend_lists_choices():
-    with pytest.raises(ConfigError, match="'attention_backend' must be one of 'auto', 'sdpa', 'flash'"):
+    with pytest.raises(ConfigError, match="'attention_backend' must be one of 'auto', 'flash', 'flex', 'sdpa'"):
         load_model_config("tiny", ["attention_backend=xformers"])
 
 

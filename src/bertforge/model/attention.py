@@ -1,7 +1,8 @@
 """Attention over a packed token stream that never crosses a sequence boundary.
 
-Two backends give the same numbers: FlashAttention-2's varlen kernel (CUDA, when installed) and a pure PyTorch
-path. The PyTorch path regroups sequences of similar length into small padded grids and runs SDPA on each, so its
+Three backends give the same numbers: FlashAttention-2's varlen kernel (CUDA, when installed), PyTorch's
+FlexAttention with a document and window block mask (compiled on CUDA, no extension; see flex.py), and a pure
+PyTorch SDPA path. The SDPA path regroups sequences of similar length into small padded grids and runs SDPA on each, so its
 memory grows with the longest sequence rather than with the packed row; local layers use a blocked sliding window
 whose cost is linear in sequence length, so 8192-token sequences are cheap on CPU too.
 """
@@ -25,24 +26,32 @@ def _flash_varlen():
     return flash_attn_varlen_qkvpacked_func
 
 
-def resolve_backend(requested: str, qkv: torch.Tensor) -> str:
-    """The backend that will actually run; 'flash' asked for where it cannot run is an error, not a fallback."""
+def resolve_backend(requested: str, qkv: torch.Tensor, attention_dropout: float = 0.0) -> str:
+    """The backend that will actually run: 'auto' takes flash where it can run, else flex on CUDA (which has no
+    attention dropout), else sdpa. A backend asked for by name where it cannot run is an error, not a fallback."""
     usable = _flash_varlen() is not None and qkv.is_cuda and qkv.dtype in (torch.float16, torch.bfloat16)
     if requested == "flash" and not usable:
         raise RuntimeError(
             "attention_backend 'flash' needs flash-attn installed (`pip install -e .[gpu]`), a CUDA device and "
-            f"fp16/bf16 activations (got device {qkv.device}, dtype {qkv.dtype}); use 'auto' or 'sdpa'")
-    if requested == "sdpa":
-        return "sdpa"
-    return "flash" if usable else "sdpa"
+            f"fp16/bf16 activations (got device {qkv.device}, dtype {qkv.dtype}); use 'auto', 'flex' or 'sdpa'")
+    if requested != "auto":
+        return requested
+    if usable:
+        return "flash"
+    return "flex" if qkv.is_cuda and attention_dropout == 0 else "sdpa"
 
 
 def varlen_attention(qkv: torch.Tensor, layout: SequenceLayout, half_window: int | None, dropout_p: float,
-                     backend: str = "auto") -> torch.Tensor:
-    """(tokens, 3, heads, head_dim) -> (tokens, heads, head_dim); ``half_window`` None means global attention."""
-    if resolve_backend(backend, qkv) == "flash":
+                     backend: str = "sdpa") -> torch.Tensor:
+    """(tokens, 3, heads, head_dim) -> (tokens, heads, head_dim); ``half_window`` None means global attention.
+    ``backend`` is one that resolve_backend returned."""
+    if backend == "flash":
         window = (half_window, half_window) if half_window is not None else (-1, -1)
         return _flash_varlen()(qkv, layout.cu_seqlens, layout.max_seqlen, dropout_p=dropout_p, window_size=window)
+    if backend == "flex":
+        from bertforge.model.flex import flex_varlen
+
+        return flex_varlen(qkv, layout.block_mask(half_window))
     return _sdpa_varlen(qkv, layout, half_window, dropout_p)
 
 

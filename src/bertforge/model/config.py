@@ -8,7 +8,7 @@ from typing import Literal
 
 from bertforge.schema import ConfigError
 
-AttentionBackend = Literal["auto", "sdpa", "flash"]
+AttentionBackend = Literal["auto", "flash", "flex", "sdpa"]
 
 
 @dataclass
@@ -58,7 +58,9 @@ class ModernBertConfig:
     mask_token_id: int = 50284
     """[MASK] id used by MLM masking."""
     attention_backend: AttentionBackend = "auto"
-    """'flash' (FlashAttention-2 varlen, CUDA only), 'sdpa' (pure PyTorch), or 'auto' (flash when usable)."""
+    """'flash' (FlashAttention-2 varlen: CUDA, flash-attn installed), 'flex' (PyTorch FlexAttention, compiled on
+    CUDA; no attention dropout), 'sdpa' (pure PyTorch, any device), or 'auto': flash where it can run, else flex
+    on CUDA, else sdpa."""
 
     def __post_init__(self) -> None:
         positive = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -79,6 +81,10 @@ class ModernBertConfig:
         for key in ("embedding_dropout", "attention_dropout", "attention_output_dropout", "mlp_dropout"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ConfigError(f"'{key}' must be in [0, 1), got {getattr(self, key)}")
+        if self.attention_backend == "flex" and self.attention_dropout > 0:
+            raise ConfigError(
+                f"attention_backend 'flex' has no dropout on attention probabilities, and 'attention_dropout' is "
+                f"{self.attention_dropout}; set attention_dropout=0 (ModernBERT uses 0) or pick 'sdpa' or 'flash'")
         for key in ("pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id"):
             if not 0 <= getattr(self, key) < self.vocab_size:
                 raise ConfigError(f"'{key}' ({getattr(self, key)}) must be a valid id below vocab_size "

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bertforge.model.attention import varlen_attention
+from bertforge.model.attention import resolve_backend, varlen_attention
 from bertforge.model.config import ModernBertConfig
 from bertforge.model.layout import SequenceLayout
 from bertforge.model.rope import apply_rotary
@@ -47,7 +47,8 @@ class Attention(nn.Module):
         q, k, v = qkv.unbind(1)
         qkv = torch.stack((apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v), dim=1)
         dropout = self.dropout if self.training else 0.0
-        out = varlen_attention(qkv, layout, self.half_window, dropout, self.backend)
+        backend = resolve_backend(self.backend, qkv, self.dropout)
+        out = varlen_attention(qkv, layout, self.half_window, dropout, backend)
         return self.out_drop(self.Wo(out.reshape(x.shape[0], -1)))
 
 

@@ -2,7 +2,8 @@
 
 A packed micro-batch is a flat stream of tokens with ``cu_seqlens`` marking where each sequence starts. Every
 layer needs the same derived facts (each token's position in its sequence, RoPE tables, and for the PyTorch
-attention path, how to regroup tokens by sequence), so they are built here once rather than in every layer.
+attention paths, how to regroup tokens by sequence or FlexAttention's block masks), so they are built here once
+rather than in every layer.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class SequenceLayout:
     """(tokens,) position of each token inside its own sequence."""
     head_dim: int
     _rope: dict[float, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    _block_masks: dict = field(default_factory=dict)
     _groups: list[LengthGroup] | None = None
     _ungroup: torch.Tensor | None = None
 
@@ -49,6 +51,14 @@ class SequenceLayout:
         if theta not in self._rope:
             self._rope[theta] = rotary_cos_sin(self.positions, self.head_dim, theta)
         return self._rope[theta]
+
+    def block_mask(self, half_window: int | None):
+        """FlexAttention's block mask for global (None) or local layers, built on first use."""
+        if half_window not in self._block_masks:
+            from bertforge.model.flex import document_block_mask
+
+            self._block_masks[half_window] = document_block_mask(self.cu_seqlens, half_window)
+        return self._block_masks[half_window]
 
     def length_groups(self) -> tuple[list[LengthGroup], torch.Tensor]:
         """Groups for the PyTorch path, and the permutation that puts grouped tokens back in stream order."""
