@@ -32,7 +32,24 @@ def _prep(args: argparse.Namespace) -> None:
     from bertforge.data.prep import prepare, summarize
     from bertforge.data.recipe import load_recipe
 
-    print(summarize(prepare(load_recipe(args.recipe, args.overrides), progress=not args.no_progress)))
+    print(summarize(prepare(load_recipe(args.recipe, args.overrides), progress=not args.no_progress,
+                            force=args.force)))
+
+
+def _verify(args: argparse.Namespace) -> None:
+    from bertforge.data.integrity import verify
+    from bertforge.errors import DataError
+
+    reports = verify(args.folder)
+    for report in reports:
+        print(f"{report.folder}: {report.shards} shards, {report.samples:,} samples, "
+              f"{'OK' if not report.problems else f'{len(report.problems)} problem(s)'}")
+        for problem in report.problems:
+            print(f"  {problem}")
+    bad = sum(len(r.problems) for r in reports)
+    if bad:
+        raise DataError(f"{args.folder}: {bad} problem(s) found (listed above); prepare the affected sources again "
+                        f"(`bertforge prep RECIPE --force`) or restore their shards")
 
 
 def _tokenizer_train(args: argparse.Namespace) -> None:
@@ -105,8 +122,9 @@ def _quickstart(args: argparse.Namespace) -> None:
     if not Path("data/sample/tokenizer/tokenizer.json").is_file():
         _tokenizer_train(argparse.Namespace(recipe=recipe, overrides=[], vocab_size=8192,
                                             out="data/sample/tokenizer"))
-    if not all(Path(f"data/sample/mds/{s}/stats.json").is_file() for s in ("code", "web", "science")):
-        _prep(argparse.Namespace(recipe=recipe, overrides=[], no_progress=False))
+    # Prep always runs: it skips the units already made with this tokenizer and length, and (the sample data
+    # being the quickstart's own) makes again those made with another.
+    _prep(argparse.Namespace(recipe=recipe, overrides=[], no_progress=False, force=True))
     _train(argparse.Namespace(config=str(REPO_ROOT / "yamls/quickstart.yaml"), overrides=args.overrides,
                               print_config=False))
 
@@ -133,7 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("recipe", help="data recipe YAML (see data_prep/)")
     prep.add_argument("overrides", nargs="*", help="key=value overrides of the recipe")
     prep.add_argument("--no-progress", action="store_true", help="no progress bar")
+    prep.add_argument("--force", action="store_true",
+                      help="prepare again the units made from other inputs, another tokenizer or another max_seq_len "
+                           "(default: refuse them)")
     prep.set_defaults(func=_prep)
+
+    verify = commands.add_parser("verify", help="check a prepared dataset: every shard present, sized and hashed as "
+                                                "its index says, sample counts as stats.json says")
+    verify.add_argument("folder", help="a prepared source (holding index.json), or a prep's out_dir of sources")
+    verify.set_defaults(func=_verify)
 
     tokenizer = commands.add_parser("tokenizer", help="train a tokenizer")
     tokenizer_commands = tokenizer.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
@@ -201,12 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from bertforge.errors import CheckpointError, TrainingDiverged
+    from bertforge.errors import CheckpointError, DataError, TrainingDiverged
     from bertforge.schema import ConfigError
 
     try:
         args.func(args)
-    except (ConfigError, CheckpointError, FileNotFoundError) as err:
+    except (ConfigError, CheckpointError, DataError, FileNotFoundError) as err:
         print(f"bertforge: error: {err}", file=sys.stderr)
         return 2
     except TrainingDiverged as err:

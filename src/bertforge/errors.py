@@ -10,3 +10,7 @@ class CheckpointError(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """A run stopped by its divergence guard; the message names the step, the tokens and what was seen."""
+
+
+class DataError(ValueError):
+    """Prepared data, or a prep's input or worker, that is broken: the message names the file or unit and the fix."""

@@ -52,6 +52,11 @@ class DataConfig:
     """Documents read from the stream at a time (StreamingDataset batch_size)."""
     num_workers: int = 0
     """DataLoader workers reading shards."""
+    cache_dir: str | None = None
+    """Unpack every local stream's shards into a folder under this one instead of next to them (streaming keeps
+    shards zstd-compressed on disk and unpacks each on first read), leaving the prepared dataset untouched. A
+    stream whose folder is read-only is unpacked into a cache even when this is unset: under
+    ``<system temp>/bertforge-cache``."""
     num_canonical_nodes: int = 0
     """StreamingDataset's shuffle grain; 0 means streaming's default (64 per node). Keep it fixed across a run's
     restarts, or the sample order changes."""

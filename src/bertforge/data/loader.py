@@ -12,14 +12,18 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from bertforge.data.config import DataConfig
+from bertforge.data.config import DataConfig, StreamConfig
+from bertforge.data.integrity import check_shards_present, index_hash, read_index
 from bertforge.data.masking import mask_tokens, random_token_pool
 from bertforge.data.packing import BestFitPacker, PackedRows
+from bertforge.data.provenance import check_stream, tokenizer_fingerprint
 from bertforge.data.tokenizer import load_tokenizer, special_ids
+from bertforge.errors import DataError
 from bertforge.labels import IGNORE_INDEX
 from bertforge.schema import ConfigError
 
@@ -45,6 +49,87 @@ def _collate_docs(samples: list[dict]) -> list[np.ndarray]:
     return [s["tokens"] for s in samples]
 
 
+def _checked_dataset_class():
+    """StreamingDataset that fails loudly, naming the shard, when a shard cannot be made ready.
+
+    In streaming 0.13 a shard whose preparation raises (a hash mismatch, a truncated zstd frame) stays marked
+    "preparing" for ever, and whoever waits for it (the main thread, other workers) waits for ever; or, when the
+    background thread fails first, the epoch just ends early without a word. Here the failure is recorded, the
+    shard's state released, and every later request for a shard, and the end of the iteration, raise a DataError
+    that names the file.
+    """
+    from streaming import StreamingDataset
+    from streaming.base.dataset import _ShardState
+
+    class ShardCheckedDataset(StreamingDataset):
+        _failure: DataError | None = None
+
+        def __iter__(self):
+            yield from super().__iter__()
+            if self._failure is not None:
+                raise self._failure
+
+        def prepare_shard(self, shard_id: int, blocking: bool = True) -> None:
+            if self._failure is not None:
+                raise self._failure
+            try:
+                return super().prepare_shard(shard_id, blocking)
+            except Exception as err:  # noqa: BLE001 - any failure to make a shard ready is reported by name
+                stream = self.streams[self.stream_per_shard[shard_id]]
+                raw, zipped = self.shards[shard_id].file_pairs[0]
+                path = os.path.join(stream.remote or stream.local, (zipped or raw).basename)
+                self._failure = DataError(
+                    f"shard {path} cannot be read ({type(err).__name__}: {err}); `bertforge verify "
+                    f"{stream.remote or stream.local}` lists every damaged shard; restore them or prepare the "
+                    f"source again")
+                self._shard_states[shard_id] = _ShardState.REMOTE  # release whoever waits on it
+                raise self._failure from None
+
+    return ShardCheckedDataset
+
+
+def _writable(folder: str) -> bool:
+    """Whether files can be created in ``folder`` (tried, since root passes permission checks a read-only mount
+    refuses)."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def stream_cache(local: str, cache_dir: str | None) -> str:
+    """Where a stream's shards are unpacked when not next to them: one folder per dataset under ``cache_dir``
+    (default: bertforge-cache in the system's temporary folder)."""
+    import hashlib
+    import tempfile
+
+    root = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "bertforge-cache"
+    return str(root / hashlib.sha256(str(Path(local).resolve()).encode()).hexdigest()[:16])
+
+
+def _stream(name: str, stream: StreamConfig, config: DataConfig):
+    """A streaming ``Stream`` for one configured stream, checked before anything is read.
+
+    A prepared dataset is read in place, its shards unpacked next to them, unless ``data.cache_dir`` is set or its
+    folder is read-only: then the dataset is the stream's "remote" and the shards are copied and unpacked into the
+    cache, leaving it untouched. Shards hashed at prep are checked against their hash as they are unpacked.
+    """
+    from streaming import Stream
+
+    local, remote, validate = stream.local, stream.remote, None
+    if remote is None:
+        check_shards_present(name, local)
+        check_stream(name, local, config.tokenizer, tokenizer_fingerprint(config.tokenizer))
+        validate = index_hash(read_index(local))
+        if config.cache_dir or not _writable(local):
+            remote, local = local, stream_cache(local, config.cache_dir)
+    return Stream(local=local, remote=remote, proportion=stream.proportion, repeat=stream.repeat,
+                  validate_hash=validate)
+
+
 def _dist_info() -> tuple[int, int]:
     """Rank and world size as torch.distributed, or else the launcher's environment, has them."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -56,8 +141,6 @@ class PackedMLMLoader:
     def __init__(self, config: DataConfig, *, micro_batch_rows: int | None = None, vocab_size: int | None = None):
         """``micro_batch_rows``: rows per micro-batch on this rank, when the trainer derives it (a
         ``micro_batch_size`` of 0 means the rank's whole share of a step); else ``config.micro_batch_size``."""
-        from streaming import Stream, StreamingDataset
-
         self.micro_batch_rows = micro_batch_rows or config.micro_batch_size
         if self.micro_batch_rows <= 0:
             raise ConfigError("the loader needs micro_batch_size > 0 (rows per micro-batch on one rank)")
@@ -73,15 +156,15 @@ class PackedMLMLoader:
         self.rank, self.world_size = _dist_info()
         # Ranks that read separate shares of the stream; with pack_across_ranks all read all of it.
         self.readers = 1 if config.pack_across_ranks else self.world_size
-        streams = [Stream(local=s.local, remote=s.remote, proportion=s.proportion, repeat=s.repeat)
-                   for s in config.streams.values()]
+        streams = [_stream(name, stream, config) for name, stream in config.streams.items()]
         nodes = max(1, self.world_size // int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size)))
         if config.pack_across_ranks:
             nodes = 1
-        self.dataset = StreamingDataset(streams=streams, shuffle=config.shuffle, shuffle_seed=config.seed,
-                                        batch_size=config.doc_batch,
-                                        num_canonical_nodes=config.num_canonical_nodes or 64 * nodes,
-                                        replication=self.world_size if config.pack_across_ranks else None)
+        dataset_class = _checked_dataset_class()
+        self.dataset = dataset_class(streams=streams, shuffle=config.shuffle, shuffle_seed=config.seed,
+                                     batch_size=config.doc_batch,
+                                     num_canonical_nodes=config.num_canonical_nodes or 64 * nodes,
+                                     replication=self.world_size if config.pack_across_ranks else None)
         self.packer = BestFitPacker(config.max_seq_len, config.buffer_docs)
         self.rng = np.random.default_rng([config.seed] if config.pack_across_ranks else [config.seed, self.rank])
         self.epoch = 0

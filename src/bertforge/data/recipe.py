@@ -62,6 +62,10 @@ class PrepRecipe:
     """Files per unit of work: the grain of parallelism and of resumption."""
     shard_size_limit: int = 1 << 25
     """Bytes per MDS shard before compression."""
+    on_bad_file: Literal["skip", "fail"] = "skip"
+    """An input file that cannot be read to its end (a truncated or corrupt .gz/.zst/.parquet): 'skip' keeps the
+    documents read before the fault, counts the file under 'unreadable file' and lists it in stats.json's
+    bad_files; 'fail' stops the prep naming the file."""
 
     def __post_init__(self) -> None:
         if self.max_seq_len < 8:

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +97,9 @@ def check_text_fields(units: list[Unit]) -> None:
                               f"the one that holds the text")
 
 
-def read_unit(unit: Unit) -> Iterator[Record]:
+def read_unit(unit: Unit, bad_files: list[str] | None = None) -> Iterator[Record]:
+    """Every record of a unit. A file that cannot be read to its end (truncated, corrupt) keeps what was read
+    before the fault, counts once as 'unreadable file', and is appended to ``bad_files`` as "path: error"."""
     fmt = unit.input.format
     if fmt == "pydoc_topics":
         from pydoc_data.topics import topics
@@ -108,7 +111,21 @@ def read_unit(unit: Unit) -> Iterator[Record]:
         reader = {"files": _read_file, "docstrings": _read_docstrings, "jsonl": _read_jsonl,
                   "parquet": _read_parquet}[fmt]
         for name in unit.files:
-            yield from reader(name, unit.input.text_field)
+            try:
+                yield from reader(name, unit.input.text_field)
+            except (EOFError, OSError, ValueError, zlib.error, *_decoder_errors()) as err:
+                if bad_files is not None:
+                    bad_files.append(f"{name}: {type(err).__name__}: {err}")
+                yield None, "unreadable file"
+
+
+def _decoder_errors() -> tuple[type[Exception], ...]:
+    """Errors of the optional decoders (zstandard), which are not OSError or ValueError."""
+    try:
+        import zstandard
+    except ImportError:
+        return ()
+    return (zstandard.ZstdError,)
 
 
 def recipe_texts(recipe: PrepRecipe, progress: bool = False) -> Iterator[str]:

@@ -65,10 +65,20 @@ def check_lengths(config: TrainConfig) -> None:
 
 
 def check_data_paths(config: TrainConfig) -> None:
+    """Every local stream is a prepared dataset with all its shards whole, made with ``data.tokenizer``."""
+    from bertforge.data.integrity import check_shards_present
+    from bertforge.data.provenance import check_stream, tokenizer_fingerprint
+
+    fingerprint = None
     for name, stream in config.data.streams.items():
-        if stream.remote is None and not (Path(stream.local) / "index.json").is_file():
+        if stream.remote is not None:
+            continue
+        if not (Path(stream.local) / "index.json").is_file():
             raise ConfigError(f"data.streams.{name}.local '{stream.local}' holds no prepared dataset (no index.json); "
                               f"run `bertforge prep` for it or fix the path")
+        check_shards_present(name, stream.local)
+        fingerprint = fingerprint or tokenizer_fingerprint(config.data.tokenizer)
+        check_stream(name, stream.local, config.data.tokenizer, fingerprint)
 
 
 def check_tokenizer_fits(config: TrainConfig) -> None:

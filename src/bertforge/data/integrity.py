@@ -1,0 +1,125 @@
+"""Integrity of a prepared dataset: every shard present, whole and unchanged, and the counts as prep wrote them.
+
+zstd frames as streaming writes them carry no checksum, so a flipped bit mostly decompresses into other tokens
+without an error. Prep therefore hashes every shard (``SHARD_HASH`` in index.json, computed by streaming's
+writer); the loader has streaming check that hash whenever it decompresses a shard, the preflight checks that
+every shard file is there with its recorded size before a run starts (a missing or truncated shard is named then,
+not deep inside a DataLoader worker), and `bertforge verify` re-hashes everything. Standard library and xxhash
+(a dependency of streaming) only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bertforge.errors import DataError
+
+SHARD_HASH = "xxh3_64"
+"""The hash of every shard's compressed and raw bytes that prep records in index.json."""
+
+
+def _hash(algorithm: str, data: bytes) -> str:
+    if algorithm.startswith("xxh"):
+        import xxhash
+
+        return getattr(xxhash, algorithm)(data).hexdigest()
+    return hashlib.new(algorithm, data).hexdigest()
+
+
+def read_index(local: str | Path) -> dict:
+    path = Path(local) / "index.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path} is missing: {local} holds no prepared dataset; run `bertforge prep` for it") from None
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} is not valid JSON ({err}); prepare this source again") from None
+
+
+def shard_files(index: dict) -> list[dict]:
+    """Every file of every shard as index.json lists it: basename, bytes, hashes; compressed first."""
+    return [shard[part] for shard in index["shards"] for part in ("zip_data", "raw_data") if shard.get(part)]
+
+
+def index_hash(index: dict) -> str | None:
+    """The hash every shard of the index carries, for streaming's ``validate_hash``; None for data prepared
+    without hashes."""
+    stored = [shard.get("zip_data") or shard["raw_data"] for shard in index["shards"]]
+    if stored and all(SHARD_HASH in (info.get("hashes") or {}) for info in stored):
+        return SHARD_HASH
+    return None
+
+
+def check_shards_present(name: str, local: str | Path) -> None:
+    """Each shard's stored file (its compressed form where it has one) exists with the size the index records."""
+    for shard in read_index(local)["shards"]:
+        info = shard.get("zip_data") or shard["raw_data"]
+        path = Path(local) / info["basename"]
+        if not path.is_file():
+            raise DataError(f"data.streams.{name}: shard {path} is missing; restore it or prepare this source again")
+        if path.stat().st_size != info["bytes"]:
+            raise DataError(f"data.streams.{name}: shard {path} has {path.stat().st_size} bytes, its index says "
+                            f"{info['bytes']} (truncated or replaced); restore it or prepare this source again")
+
+
+@dataclass
+class SourceReport:
+    folder: Path
+    shards: int = 0
+    samples: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def verify_source(folder: Path) -> SourceReport:
+    """Re-hash every shard file that is present (compressed and, where streaming has unpacked it, raw) and compare
+    sample counts with stats.json."""
+    report = SourceReport(folder)
+    try:
+        index = read_index(folder)
+    except DataError as err:
+        report.problems.append(str(err))
+        return report
+    report.shards = len(index["shards"])
+    report.samples = sum(shard["samples"] for shard in index["shards"])
+    for shard in index["shards"]:
+        stored = shard.get("zip_data") or shard["raw_data"]
+        for info in shard_files({"shards": [shard]}):
+            path = folder / info["basename"]
+            if not path.is_file():
+                if info is stored:
+                    report.problems.append(f"{path}: missing")
+                continue  # a raw file streaming has not unpacked yet
+            data = path.read_bytes()
+            if len(data) != info["bytes"]:
+                report.problems.append(f"{path}: {len(data)} bytes, the index says {info['bytes']}")
+                continue
+            hashes = info.get("hashes") or {}
+            if not hashes:
+                report.problems.append(f"{path}: no hash recorded (prepared before shards were hashed); "
+                                       f"run `bertforge prep RECIPE --force` to hash it")
+            for algorithm, expected in hashes.items():
+                if _hash(algorithm, data) != expected:
+                    report.problems.append(f"{path}: {algorithm} hash differs from the index (corrupted)")
+    stats_path = folder / "stats.json"
+    if stats_path.is_file():
+        stats = json.loads(stats_path.read_text())
+        if stats.get("samples") != report.samples:
+            report.problems.append(f"{folder}: the index lists {report.samples} samples, stats.json says "
+                                   f"{stats.get('samples')}")
+        if "provenance" not in stats:
+            report.problems.append(f"{stats_path}: no provenance (tokenizer, max_seq_len) recorded")
+    return report
+
+
+def verify(root: str | Path) -> list[SourceReport]:
+    """Every prepared source at ``root``: the folder itself if it holds an index.json, else each child that does."""
+    root = Path(root)
+    if (root / "index.json").is_file():
+        return [verify_source(root)]
+    folders = sorted(p.parent for p in root.glob("*/index.json"))
+    if not folders:
+        raise DataError(f"{root} holds no prepared dataset (no index.json in it or in its subfolders)")
+    return [verify_source(folder) for folder in folders]
