@@ -287,3 +287,15 @@ def test_a_larger_model_trains_from_tiled_smaller_weights(tmp_path, sample_data)
     expected = tile_state_dict(small.state_dict(), 4, Ours(_tiny_wide()).state_dict(), 6, source="small")
     for name, tensor in expected.items():
         assert torch.equal(trained[name], tensor), name
+
+
+@pytest.mark.parametrize(("name", "init_from"), [("decay-from-released", "checkpoints/modernbert-base/pretrain/"
+                                                                          "ep0-ba0000-rank0.pt"),
+                                                 ("continue-from-hf", "models/ModernBERT-base")])
+def test_shipped_continuation_recipes_resolve_and_plan(name, init_from):
+    config = load_train_config(ROOT / f"yamls/continue/{name}.yaml")
+    assert config.init_from == init_from and count_parameters(build_on_meta(config.model)) == PUBLISHED["base"]
+    assert config.schedule.decays and config.schedule.warmup_tokens > 0  # a fresh optimizer warms up
+    plan = plan_chain(load_chain(ROOT / f"yamls/continue/{name}.yaml"), ranks=8)[-1]
+    assert plan.tokens == config.total_tokens
+    assert plan.milestones[-1].lr == pytest.approx(config.optimizer.lr * 0.001)

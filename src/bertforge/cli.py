@@ -107,9 +107,22 @@ def _slurm(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from bertforge.train.export import export_checkpoint
+    from bertforge.train.export import export_checkpoint, export_run
 
-    print(f"exported to {export_checkpoint(args.checkpoint, args.out, tokenizer=args.tokenizer)}")
+    if args.all:
+        rows = export_run(args.checkpoint, args.out, every_tokens=args.every, tokenizer=args.tokenizer)
+        print(f"exported {len(rows)} checkpoint(s) to {args.out} (index.json, index.md)")
+        return
+    if args.every:
+        from bertforge.schema import ConfigError
+
+        raise ConfigError("--every needs --all (a run folder)")
+    model_config = None
+    if args.model:
+        from bertforge.model.config import load_model_config
+
+        model_config = load_model_config(args.model)
+    print(f"exported to {export_checkpoint(args.checkpoint, args.out, args.tokenizer, model_config)}")
 
 
 def _quickstart(args: argparse.Namespace) -> None:
@@ -206,10 +219,18 @@ def build_parser() -> argparse.ArgumentParser:
     slurm.add_argument("--submit", action="store_true", help="check the partition and submit with sbatch")
     slurm.set_defaults(func=_slurm)
 
-    export = commands.add_parser("export", help="export a checkpoint to a HuggingFace directory")
-    export.add_argument("checkpoint", help="a checkpoint written by bertforge train (.pt, or a sharded directory)")
+    export = commands.add_parser("export", help="export a checkpoint (or with --all every checkpoint of a run) to "
+                                                "HuggingFace directories")
+    export.add_argument("checkpoint", help="a checkpoint written by bertforge train (.pt, or a sharded directory), a "
+                                           "research-repository Composer checkpoint (.pt), or with --all a run folder")
     export.add_argument("out", help="output directory")
-    export.add_argument("--tokenizer", help="tokenizer to save beside the model")
+    export.add_argument("--tokenizer", help="tokenizer to save beside the model (--all: default the run's)")
+    export.add_argument("--all", action="store_true", help="every checkpoint of the run folder, one directory each "
+                                                            "(step<N>-tokens<T>) with a model card, and an index")
+    export.add_argument("--every", type=int, metavar="TOKENS",
+                        help="with --all: only the first checkpoint at or past each multiple of this many tokens")
+    export.add_argument("--model", help="architecture (preset or YAML) of a research checkpoint that stores no "
+                                        "HuggingFace config")
     export.set_defaults(func=_export)
 
     quick = commands.add_parser("quickstart", help="sample data, tokenizer, a tiny CPU run and its export")

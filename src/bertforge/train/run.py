@@ -50,16 +50,30 @@ def build_model(config: TrainConfig):
 
 
 def load_initial_weights(model, config: TrainConfig) -> None:
-    """``init_from``: a HuggingFace directory's weights, tiled into the model's shapes when it holds a smaller one."""
+    """``init_from``: a HuggingFace directory's weights (tiled into the model's shapes when it holds a smaller
+    one), or a research-repository Composer checkpoint's (a .pt file)."""
     from bertforge.model.hf_io import load_state_dict_checked, read_state_dict
 
-    weights = read_state_dict(Path(config.init_from))
+    source = Path(config.init_from)
+    if source.is_file():
+        from bertforge.train.research_checkpoint import optimizer_note, read_research_checkpoint
+
+        if config.init_tile:
+            raise ConfigError(f"init_tile needs init_from to be a HuggingFace directory, got the file {source}; "
+                              f"export it first (`bertforge export {source} DIR --model PRESET`)")
+        imported, state = read_research_checkpoint(source, config.model)
+        note = optimizer_note(state, source)
+        if note:
+            print(note, flush=True)
+        load_state_dict_checked(model, imported.state_dict(), source=config.init_from)
+        return
+    weights = read_state_dict(source)
     if config.init_tile:
         import json
 
         from bertforge.model.tiling import tile_state_dict
 
-        small_layers = json.loads((Path(config.init_from) / "config.json").read_text())["num_hidden_layers"]
+        small_layers = json.loads((source / "config.json").read_text())["num_hidden_layers"]
         weights = tile_state_dict(weights, small_layers, model.state_dict(), config.model.num_hidden_layers,
                                   source=config.init_from)
     load_state_dict_checked(model, weights, source=config.init_from)

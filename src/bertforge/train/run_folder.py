@@ -38,6 +38,11 @@ LATEST_FILENAME = "latest-rank{rank}.pt"
 _CHECKPOINT_NAME = re.compile(r"^ep\d+-ba(\d+)")
 
 
+def checkpoint_batch(path: Path) -> int:
+    """The batch a checkpoint was saved at, from its name (ep<E>-ba<B>-...)."""
+    return int(_CHECKPOINT_NAME.match(path.name).group(1))
+
+
 def _entry(name: str) -> property:
     return property(lambda self: self.path / name, doc=f"save_folder/{name}")
 
