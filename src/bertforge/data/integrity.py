@@ -115,11 +115,12 @@ def verify_source(folder: Path) -> SourceReport:
 
 
 def verify(root: str | Path) -> list[SourceReport]:
-    """Every prepared source at ``root``: the folder itself if it holds an index.json, else each child that does."""
+    """Every prepared source at ``root``: the folder itself if it holds an index.json, else each child that does
+    (and its held-out split, ``eval/``)."""
     root = Path(root)
     if (root / "index.json").is_file():
         return [verify_source(root)]
-    folders = sorted(p.parent for p in root.glob("*/index.json"))
+    folders = sorted(p.parent for pattern in ("*/index.json", "*/eval/index.json") for p in root.glob(pattern))
     if not folders:
         raise DataError(f"{root} holds no prepared dataset (no index.json in it or in its subfolders)")
     return [verify_source(folder) for folder in folders]

@@ -13,6 +13,8 @@ length that made it (provenance.py): a rerun with another tokenizer or length re
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import json
 import multiprocessing
@@ -22,6 +24,7 @@ import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
 
 from bertforge.atomic import write_text_atomic
@@ -83,18 +86,44 @@ def tokenizer_pieces(text: str, limit: int = PIECE_CHARS) -> list[str]:
     return pieces
 
 
-def prepare_unit(unit: Unit, tokenizer: str, max_seq_len: int, size_limit: int, part_dir: Path,
-                 provenance: dict, on_bad_file: str) -> dict:
+@dataclass(frozen=True)
+class UnitJob:
+    """Everything a worker needs to prepare one unit."""
+
+    unit: Unit
+    tokenizer: str
+    max_seq_len: int
+    size_limit: int
+    part_dir: Path
+    """Where the unit's training shards go (``out_dir/NAME/parts/<unit>``)."""
+    eval_part_dir: Path
+    """Where its held-out shards go (``out_dir/NAME/eval/parts/<unit>``)."""
+    holdout: float
+    provenance: dict
+    on_bad_file: str
+
+
+def held_out(text: str, fraction: float) -> bool:
+    """Whether a document goes to the held-out split: a hash of its text, not its place in the input, decides."""
+    import xxhash
+
+    return fraction > 0 and xxhash.xxh64_intdigest(text.encode("utf-8", "surrogatepass")) < fraction * 2**64
+
+
+def prepare_unit(job: UnitJob) -> tuple[dict, dict]:
+    """Tokenize one unit into its training shards and held-out shards; returns the stats of each."""
     import numpy as np
     from streaming import MDSWriter
 
-    tok = _worker_tokenizer(tokenizer)
+    tok = _worker_tokenizer(job.tokenizer)
     ids = special_ids(tok)
     dtype = token_dtype(len(tok))
-    stats = _new_stats(max_seq_len)
+    stats, eval_stats = _new_stats(job.max_seq_len), _new_stats(job.max_seq_len)
     skipped: Counter[str] = Counter()
-    tmp = part_dir.with_name(part_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = job.part_dir.with_name(job.part_dir.name + ".tmp")
+    eval_tmp = job.eval_part_dir.with_name(job.eval_part_dir.name + ".tmp")
+    for stale in (tmp, eval_tmp, job.eval_part_dir):  # a unit killed midway is made again from scratch
+        shutil.rmtree(stale, ignore_errors=True)
 
     def encode(texts: list[str]) -> list[list[int]]:
         pieces = [tokenizer_pieces(text) for text in texts]
@@ -105,47 +134,55 @@ def prepare_unit(unit: Unit, tokenizer: str, max_seq_len: int, size_limit: int, 
             at += len(doc)
         return out
 
-    def flush(writer, texts: list[str]) -> None:
-        for doc_ids in encode(texts):
+    def flush(writers, texts: list[str]) -> None:
+        for text, doc_ids in zip(texts, encode(texts)):
             if not doc_ids:
                 skipped["empty after tokenization"] += 1
                 continue
-            chunks = frame_chunks(doc_ids, ids.cls, ids.sep, max_seq_len)
-            stats["documents"] += 1
-            stats["chunked_documents"] += len(chunks) > 1
+            split = held_out(text, job.holdout)
+            writer, counts = (writers[1], eval_stats) if split else (writers[0], stats)
+            chunks = frame_chunks(doc_ids, ids.cls, ids.sep, job.max_seq_len)
+            counts["documents"] += 1
+            counts["chunked_documents"] += len(chunks) > 1
             for chunk in chunks:
                 writer.write({"tokens": np.asarray(chunk, dtype=dtype)})
-                stats["samples"] += 1
-                stats["tokens"] += len(chunk)
-                _count_length(stats, len(chunk))
+                counts["samples"] += 1
+                counts["tokens"] += len(chunk)
+                _count_length(counts, len(chunk))
 
-    with MDSWriter(out=str(tmp), columns={"tokens": f"ndarray:{dtype}"}, compression="zstd",
-                   hashes=[SHARD_HASH], size_limit=size_limit) as writer:
+    def mds_writer(out: Path):
+        return MDSWriter(out=str(out), columns={"tokens": f"ndarray:{dtype}"}, compression="zstd",
+                         hashes=[SHARD_HASH], size_limit=job.size_limit)
+
+    with contextlib.ExitStack() as stack:
+        writers = (stack.enter_context(mds_writer(tmp)),
+                   stack.enter_context(mds_writer(eval_tmp)) if job.holdout > 0 else None)
         batch: list[str] = []
         bad_files: list[str] = []
-        for text, reason in read_unit(unit, bad_files):
-            if bad_files and on_bad_file == "fail":
-                raise DataError(f"source '{unit.source}': cannot read {bad_files[0]}; fix or remove the file, or set "
-                                f"on_bad_file: skip in the recipe to skip such files")
+        for text, reason in read_unit(job.unit, bad_files):
+            if bad_files and job.on_bad_file == "fail":
+                raise DataError(f"source '{job.unit.source}': cannot read {bad_files[0]}; fix or remove the file, "
+                                f"or set on_bad_file: skip in the recipe to skip such files")
             if reason:
                 skipped[reason] += 1
                 continue
             batch.append(text)
             if len(batch) == _BATCH:
-                flush(writer, batch)
+                flush(writers, batch)
                 batch = []
-        flush(writer, batch)
+        flush(writers, batch)
     stats["skipped"] = dict(sorted(skipped.items()))
     stats["bad_files"] = bad_files
-    (tmp / "unit.json").write_text(json.dumps({"fingerprint": unit.fingerprint(), "provenance": provenance,
-                                               "stats": stats}, indent=1))
-    os.replace(tmp, part_dir)
-    return stats
+    (tmp / "unit.json").write_text(json.dumps({"fingerprint": job.unit.fingerprint(), "provenance": job.provenance,
+                                               "stats": stats, "eval_stats": eval_stats}, indent=1))
+    if job.holdout > 0:
+        os.replace(eval_tmp, job.eval_part_dir)
+    os.replace(tmp, job.part_dir)  # last: the unit is done when its part (with unit.json) exists
+    return stats, eval_stats
 
 
-def _prepare_unit_star(args) -> tuple[str, str, dict]:
-    unit = args[0]
-    return unit.source, unit.key, prepare_unit(*args)
+def _prepare_unit_job(job: UnitJob) -> tuple[str, str, tuple[dict, dict]]:
+    return job.unit.source, job.unit.key, prepare_unit(job)
 
 
 def _merge_stats(parts: list[dict], max_seq_len: int) -> dict:
@@ -174,9 +211,9 @@ def _merge_index(source_dir: Path, keys: list[str]) -> None:
     write_text_atomic(source_dir / "index.json", json.dumps({"version": 2, "shards": shards}, indent=1))
 
 
-def _done_unit_stats(unit: Unit, part_dir: Path, provenance: dict, force: bool) -> dict | None:
-    """A finished unit's stats, or None when it must be (re)made; a unit made differently is refused unless
-    ``force``, which deletes it."""
+def _done_unit_stats(unit: Unit, part_dir: Path, provenance: dict, force: bool) -> tuple[dict, dict] | None:
+    """A finished unit's stats and held-out stats, or None when it must be (re)made; a unit made differently is
+    refused unless ``force``, which deletes it."""
     meta = part_dir / "unit.json"
     if not meta.is_file():
         return None
@@ -185,11 +222,12 @@ def _done_unit_stats(unit: Unit, part_dir: Path, provenance: dict, force: bool) 
         problem = "from different input files than the recipe now lists"
     elif recorded.get("provenance") != provenance:
         was = recorded.get("provenance") or {}
-        problem = (f"with tokenizer {was.get('tokenizer_fingerprint', '(not recorded)')} and max_seq_len "
-                   f"{was.get('max_seq_len', '(not recorded)')}, the recipe now gives tokenizer "
-                   f"{provenance['tokenizer_fingerprint']} and max_seq_len {provenance['max_seq_len']}")
+        problem = (f"with tokenizer {was.get('tokenizer_fingerprint', '(not recorded)')}, max_seq_len "
+                   f"{was.get('max_seq_len', '(not recorded)')} and holdout {was.get('holdout', 0)}, the recipe now "
+                   f"gives tokenizer {provenance['tokenizer_fingerprint']}, max_seq_len {provenance['max_seq_len']} "
+                   f"and holdout {provenance.get('holdout', 0)}")
     else:
-        return recorded["stats"]
+        return recorded["stats"], recorded.get("eval_stats") or _new_stats(provenance["max_seq_len"])
     if not force:
         raise ConfigError(f"{part_dir} was prepared {problem}; delete {part_dir.parent.parent} or run "
                           f"`bertforge prep RECIPE --force` to prepare it again")
@@ -221,40 +259,46 @@ def _prepare(recipe: PrepRecipe, units_by_source: dict[str, list], out_dir: Path
 
     fingerprint = tokenizer_fingerprint(recipe.tokenizer)
     vocab_size, _ = tokenizer_size_and_specials(recipe.tokenizer)
-    provenance = unit_provenance(recipe, fingerprint)
     todo, done = [], {}
-    for name, units in units_by_source.items():
+    for src in recipe.sources:
+        units = units_by_source[src.name]
         if not units:
-            raise FileNotFoundError(f"source '{name}': its inputs match no files; check 'path' and 'include'")
-        (out_dir / name / "parts").mkdir(parents=True, exist_ok=True)
+            raise FileNotFoundError(f"source '{src.name}': its inputs match no files; check 'path' and 'include'")
+        provenance = unit_provenance(recipe, fingerprint, src.holdout.fraction)
+        (out_dir / src.name / "parts").mkdir(parents=True, exist_ok=True)
+        if src.holdout.fraction > 0:
+            (out_dir / src.name / "eval" / "parts").mkdir(parents=True, exist_ok=True)
         for unit in units:
-            part_dir = out_dir / name / "parts" / unit.key
+            part_dir = out_dir / src.name / "parts" / unit.key
             stats = _done_unit_stats(unit, part_dir, provenance, force)
             if stats is None:
-                todo.append((unit, recipe.tokenizer, recipe.max_seq_len, recipe.shard_size_limit, part_dir,
-                             provenance, recipe.on_bad_file))
+                todo.append(UnitJob(unit, recipe.tokenizer, recipe.max_seq_len, recipe.shard_size_limit, part_dir,
+                                    out_dir / src.name / "eval" / "parts" / unit.key, src.holdout.fraction,
+                                    provenance, recipe.on_bad_file))
             else:
-                done[(name, unit.key)] = stats
+                done[(src.name, unit.key)] = stats
 
     start, docs, tokens = time.time(), 0, 0
     bar = tqdm(total=len(todo), unit="unit", desc="prep", disable=not progress)
     if todo:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max(1, min(recipe.workers, len(todo))), mp_context=context) as pool:
-            futures = [pool.submit(_prepare_unit_star, args) for args in todo]
+            futures = [pool.submit(_prepare_unit_job, job) for job in todo]
             try:
                 for future in as_completed(futures):
-                    name, key, stats = future.result()
-                    done[(name, key)] = stats
-                    docs, tokens = docs + stats["documents"], tokens + stats["tokens"]
+                    name, key, (stats, eval_stats) = future.result()
+                    done[(name, key)] = stats, eval_stats
+                    docs = docs + stats["documents"] + eval_stats["documents"]
+                    tokens = tokens + stats["tokens"] + eval_stats["tokens"]
                     elapsed = max(time.time() - start, 1e-9)
                     bar.set_postfix_str(f"{docs / elapsed:,.0f} docs/s {tokens / elapsed:,.0f} tok/s")
                     bar.update()
             except BrokenProcessPool:
                 # A worker was killed (the OOM killer, a signal): the pool cannot say which, but a unit in
                 # progress is the one whose .tmp folder exists and whose part is not finished.
-                running = [f"{job[0].source}/{job[0].key}" for job in todo
-                           if job[4].with_name(job[4].name + ".tmp").exists() and not job[4].exists()]
+                running = [f"{job.unit.source}/{job.unit.key}" for job in todo
+                           if job.part_dir.with_name(job.part_dir.name + ".tmp").exists()
+                           and not job.part_dir.exists()]
                 raise DataError(f"a prep worker died (killed by a signal, often the out-of-memory killer) while "
                                 f"preparing unit(s) {', '.join(running) or '(none started)'}; finished units are "
                                 f"kept: run the prep again to resume, with fewer 'workers' if memory ran out"
@@ -265,11 +309,24 @@ def _prepare(recipe: PrepRecipe, units_by_source: dict[str, list], out_dir: Path
     for src in recipe.sources:
         keys = [u.key for u in units_by_source[src.name]]
         source_dir = out_dir / src.name
-        stats = _merge_stats([done[(src.name, k)] for k in keys], recipe.max_seq_len)
-        stats.update(name=src.name, kind=src.kind, max_seq_len=recipe.max_seq_len,
-                     provenance=source_provenance(recipe, src.name, fingerprint, vocab_size))
-        nonempty = [k for k in keys if done[(src.name, k)]["samples"]]
-        _merge_index(source_dir, nonempty)
+        record = source_provenance(recipe, src.name, fingerprint, vocab_size)
+        stats = _merge_stats([done[(src.name, k)][0] for k in keys], recipe.max_seq_len)
+        stats.update(name=src.name, kind=src.kind, max_seq_len=recipe.max_seq_len, provenance=record)
+        _merge_index(source_dir, [k for k in keys if done[(src.name, k)][0]["samples"]])
+        if src.holdout.fraction > 0:
+            kept, total = [], 0
+            for key in keys:  # whole units in unit order, up to the cap
+                held = done[(src.name, key)][1]
+                if held["samples"] and (not src.holdout.max_tokens or total < src.holdout.max_tokens):
+                    kept.append(key)
+                    total += held["tokens"]
+            held_stats = _merge_stats([done[(src.name, k)][1] for k in kept], recipe.max_seq_len)
+            held_stats.update(name=src.name, kind=src.kind, max_seq_len=recipe.max_seq_len, split="eval",
+                              holdout=dataclasses.asdict(src.holdout), provenance=record)
+            _merge_index(source_dir / "eval", kept)
+            write_text_atomic(source_dir / "eval" / "stats.json", json.dumps(held_stats, indent=1) + "\n")
+            stats["holdout"] = {**dataclasses.asdict(src.holdout), "documents": held_stats["documents"],
+                                "tokens": held_stats["tokens"]}
         write_text_atomic(source_dir / "stats.json", json.dumps(stats, indent=1) + "\n")
         results[src.name] = stats
     return results

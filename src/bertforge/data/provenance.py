@@ -41,9 +41,11 @@ def tokenizer_fingerprint(name_or_path: str) -> str:
     return hashlib.sha256(json.dumps(deciding, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def unit_provenance(recipe: PrepRecipe, fingerprint: str) -> dict:
-    """What a unit's tokens depend on besides its input files (those are the unit's own fingerprint)."""
-    return {"tokenizer_fingerprint": fingerprint, "max_seq_len": recipe.max_seq_len}
+def unit_provenance(recipe: PrepRecipe, fingerprint: str, holdout: float = 0.0) -> dict:
+    """What a unit's shards depend on besides its input files (those are the unit's own fingerprint): the
+    tokenizer, the row length and the share of documents held out (recorded only when there is one)."""
+    return {"tokenizer_fingerprint": fingerprint, "max_seq_len": recipe.max_seq_len} | (
+        {"holdout": holdout} if holdout > 0 else {})
 
 
 def source_provenance(recipe: PrepRecipe, source: str, fingerprint: str, vocab_size: int) -> dict:

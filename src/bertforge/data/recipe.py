@@ -33,6 +33,23 @@ class InputConfig:
 
 
 @dataclass
+class HoldoutConfig:
+    fraction: float = 0.0
+    """Share of documents held out for evaluation into ``out_dir/NAME/eval/`` (an MDS dataset of its own, with its
+    own stats.json). A document is held out when a hash of its text falls below this share, so the choice does not
+    depend on workers, units or order, and a document repeated in the input is in one split only. 0: none."""
+    max_tokens: int = 0
+    """Cap on the held-out split's tokens per source: whole units are kept in unit order until it is reached;
+    documents held out by the units beyond it are in neither split. 0: no cap."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fraction < 0.5:
+            raise ConfigError(f"'fraction' must be in [0, 0.5), got {self.fraction}")
+        if self.max_tokens < 0:
+            raise ConfigError(f"'max_tokens' must be >= 0 (0: no cap), got {self.max_tokens}")
+
+
+@dataclass
 class SourceConfig:
     name: str
     """Directory name of this source's MDS dataset under out_dir."""
@@ -40,6 +57,8 @@ class SourceConfig:
     """Label for mixtures and stats: web, code, science, or anything."""
     inputs: list[InputConfig] = field(default_factory=list)
     """Where this source's documents come from."""
+    holdout: HoldoutConfig | None = None
+    """This source's held-out split, instead of the recipe's ``holdout``."""
 
     def __post_init__(self) -> None:
         if not self.inputs:
@@ -62,6 +81,8 @@ class PrepRecipe:
     """Files per unit of work: the grain of parallelism and of resumption."""
     shard_size_limit: int = 1 << 25
     """Bytes per MDS shard before compression."""
+    holdout: HoldoutConfig = field(default_factory=HoldoutConfig)
+    """The held-out evaluation split of every source (a source's own ``holdout`` replaces it)."""
     on_bad_file: Literal["skip", "fail"] = "skip"
     """An input file that cannot be read to its end (a truncated or corrupt .gz/.zst/.parquet): 'skip' keeps the
     documents read before the fault, counts the file under 'unreadable file' and lists it in stats.json's
@@ -75,6 +96,9 @@ class PrepRecipe:
         for key in ("workers", "files_per_unit", "shard_size_limit"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"'{key}' must be at least 1, got {getattr(self, key)}")
+        for source in self.sources:
+            if source.holdout is None:
+                source.holdout = self.holdout
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ConfigError(f"source names must be unique, got {names}")
