@@ -107,6 +107,7 @@ def run_config(tmp_path: Path, sample_data: dict, name: str, **overrides) -> Pat
     config["optimizer"] = {"name": "stableadamw", "lr": 2e-3, "weight_decay": 1e-5}  # fast for a dozen steps
     config["schedule"] = {"name": "wsd", "warmup_tokens": 2048, "decay_tokens": 4096, "decay_shape": "1-sqrt"}
     config["checkpoint"] = {"interval": "4ba", "keep": -1}
+    config.pop("eval")  # the test slice has no held-out split; tests that evaluate pass eval=...
     config["data"].update(tokenizer=sample_data["tokenizer"], max_seq_len=256, buffer_docs=128)
     for stream in ("code", "web", "science"):
         config["data"]["streams"][stream]["local"] = str(sample_data["mds"] / stream)
@@ -115,3 +116,22 @@ def run_config(tmp_path: Path, sample_data: dict, name: str, **overrides) -> Pat
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def kill_when_saved(config: Path, folder: Path, checkpoint: str = "ep0-ba8-rank0.pt") -> None:
+    """Start `bertforge train CONFIG` and SIGKILL its whole process group (a real crash: nothing more is saved)
+    as soon as ``checkpoint`` appears in ``folder``."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    bertforge = str(Path(sys.executable).with_name("bertforge"))
+    proc = subprocess.Popen([bertforge, "train", str(config)], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (folder / checkpoint).exists():
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()

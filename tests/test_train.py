@@ -1,16 +1,14 @@
 """`bertforge train` for real: Composer runs on the sample corpus, checkpoints, kill + autoresume, export."""
 
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from helpers import free_port, read_metrics, run_config, wandb_runs
+from helpers import free_port, kill_when_saved, read_metrics, run_config, wandb_runs
 
 from bertforge.schema import ConfigError
 from bertforge.train.config import ScheduleConfig, load_train_config
@@ -81,13 +79,7 @@ def test_killed_run_autoresumes_with_identical_losses(tmp_path, sample_data):
 
     killed = run_config(tmp_path, sample_data, "killed", wandb={"enabled": True})
     folder = tmp_path / "killed"
-    proc = subprocess.Popen([BERTFORGE, "train", str(killed)], start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline and not (folder / "ep0-ba8-rank0.pt").exists():
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # a real crash: no chance to save anything more
-    proc.wait()
+    kill_when_saved(killed, folder)  # a real crash: no chance to save anything more
     assert not (folder / "ep0-ba12-rank0.pt").exists(), "the run finished before it could be killed"
     # The kill may land while ba8 is being written (then the run resumes from ba4 and ba8 is set aside).
     resumed_from = int(os.readlink(folder / "latest-rank0.pt").split("-ba")[1].split("-")[0])

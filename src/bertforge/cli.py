@@ -52,6 +52,54 @@ def _verify(args: argparse.Namespace) -> None:
                         f"(`bertforge prep RECIPE --force`) or restore their shards")
 
 
+def _eval_mlm(args: argparse.Namespace) -> None:
+    import json
+    from pathlib import Path
+
+    from bertforge.eval.config import EvalConfig
+    from bertforge.eval.mlm import evaluate, load_eval_set
+
+    model_path = Path(args.model)
+    if (model_path / "config.json").is_file():
+        from bertforge.model import ModernBertForMaskedLM
+
+        model = ModernBertForMaskedLM.from_pretrained(model_path)
+    else:
+        from bertforge.train.export import load_checkpoint_model
+
+        model = load_checkpoint_model(model_path)
+    config = EvalConfig(max_tokens=args.max_tokens, rows=args.rows, mask_rate=args.mask_rate, seed=args.seed)
+    seq_len = args.seq_len or model.config.max_position_embeddings
+    sets = []
+    for folder in (Path(d) for d in args.data.split(",") if d):
+        name = folder.parent.name if folder.name == "eval" else folder.name
+        tokenizer = args.tokenizer or _dataset_tokenizer(folder, model_path)
+        sets.append(load_eval_set(name, str(folder), tokenizer, config, seq_len, model.config.vocab_size))
+    result = evaluate(model, sets)
+    if args.json:
+        print(json.dumps(result, indent=1))
+        return
+    print(f"{'stream':12} {'loss':>8} {'accuracy':>9} {'perplexity':>11} {'predictions':>12}")
+    for name, row in [*result["streams"].items(), ("all", result)]:
+        print(f"{name:12} {row['loss']:>8.4f} {row['accuracy']:>9.2%} {row['perplexity']:>11.2f} "
+              f"{row['predictions']:>12,}")
+
+
+def _dataset_tokenizer(folder, model_path) -> str:
+    """The tokenizer beside an exported model, else the one a prepared dataset records."""
+    import json
+
+    if (model_path / "tokenizer.json").is_file():
+        return str(model_path)
+    stats = folder / "stats.json"
+    if stats.is_file() and "provenance" in (recorded := json.loads(stats.read_text())):
+        return recorded["provenance"]["tokenizer"]
+    from bertforge.schema import ConfigError
+
+    raise ConfigError(f"{folder}: no tokenizer recorded (no stats.json provenance) and none beside the model; "
+                      f"pass --tokenizer")
+
+
 def _tokenizer_train(args: argparse.Namespace) -> None:
     from bertforge.data.recipe import load_recipe
     from bertforge.data.sources import recipe_texts
@@ -173,6 +221,21 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "its index says, sample counts as stats.json says")
     verify.add_argument("folder", help="a prepared source (holding index.json), or a prep's out_dir of sources")
     verify.set_defaults(func=_verify)
+
+    evaluation = commands.add_parser("eval", help="evaluate a model")
+    eval_commands = evaluation.add_subparsers(dest="eval_command", metavar="KIND", required=True)
+    mlm = eval_commands.add_parser("mlm", help="masked-LM loss, accuracy and perplexity on prepared (held-out) data, "
+                                               "the numbers a run's eval: block logs")
+    mlm.add_argument("model", help="a HuggingFace ModernBERT directory (ours or transformers') or a checkpoint of ours")
+    mlm.add_argument("--data", required=True, help="prepared datasets, comma-separated (e.g. mds/web/eval,mds/code/eval)")
+    mlm.add_argument("--max-tokens", type=int, default=1_000_000, help="real tokens per dataset (default 1M)")
+    mlm.add_argument("--seq-len", type=int, help="row length (default: the model's max_position_embeddings)")
+    mlm.add_argument("--rows", type=int, default=8, help="rows per micro-batch (the result does not depend on it)")
+    mlm.add_argument("--mask-rate", type=float, default=0.15)
+    mlm.add_argument("--seed", type=int, default=17)
+    mlm.add_argument("--tokenizer", help="default: the one beside the model, else the one the data records")
+    mlm.add_argument("--json", action="store_true", help="print the result as JSON")
+    mlm.set_defaults(func=_eval_mlm)
 
     tokenizer = commands.add_parser("tokenizer", help="train a tokenizer")
     tokenizer_commands = tokenizer.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)

@@ -130,6 +130,36 @@ def _stream(name: str, stream: StreamConfig, config: DataConfig):
                   validate_hash=validate)
 
 
+def open_stream_dataset(name: str, config: DataConfig):
+    """One prepared stream as a StreamingDataset in its own order, for reading by index (an eval set), with the
+    same checks and read-only handling as training streams."""
+    return _checked_dataset_class()(streams=[_stream(name, config.streams[name], config)], shuffle=False,
+                                    batch_size=1, replication=None)
+
+
+def masking_tokens(tokenizer_name: str, vocab_size: int | None = None) -> tuple[int, np.ndarray, np.ndarray]:
+    """The [MASK] id, the ids never masked (every special and added special token), and the ids a random
+    replacement may take (the vocabulary, up to the model's ``vocab_size``, less the specials)."""
+    tokenizer = load_tokenizer(tokenizer_name)
+    ids = special_ids(tokenizer)
+    excluded = set(tokenizer.all_special_ids) | ids.as_set() | {
+        i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    pool = random_token_pool(min(vocab_size or len(tokenizer), len(tokenizer)), excluded)
+    return ids.mask, np.array(sorted(excluded), dtype=np.int64), pool
+
+
+def packed_batch(lengths: np.ndarray, inputs: np.ndarray, labels: np.ndarray, rows: int,
+                 max_seq_len: int) -> PackedBatch:
+    """A micro-batch of documents of ``lengths`` laid end to end in ``inputs``/``labels``."""
+    lengths = lengths.astype(np.int32)
+    cu = np.zeros(lengths.shape[0] + 1, dtype=np.int32)
+    np.cumsum(lengths, out=cu[1:])
+    return PackedBatch(input_ids=torch.from_numpy(inputs), labels=torch.from_numpy(labels),
+                       cu_seqlens=torch.from_numpy(cu), max_seqlen=int(lengths.max(initial=0)),
+                       num_tokens=int(lengths.sum()), num_slots=rows * max_seq_len,
+                       num_masked=int((labels != IGNORE_INDEX).sum()))
+
+
 def _dist_info() -> tuple[int, int]:
     """Rank and world size as torch.distributed, or else the launcher's environment, has them."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -145,14 +175,7 @@ class PackedMLMLoader:
         if self.micro_batch_rows <= 0:
             raise ConfigError("the loader needs micro_batch_size > 0 (rows per micro-batch on one rank)")
         self.config = config
-        tokenizer = load_tokenizer(config.tokenizer)
-        ids = special_ids(tokenizer)
-        self.mask_id = ids.mask
-        excluded = set(tokenizer.all_special_ids) | ids.as_set() | {
-            i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
-        self.special = np.array(sorted(excluded), dtype=np.int64)
-        self.vocab_size = vocab_size or len(tokenizer)
-        self.pool = random_token_pool(min(self.vocab_size, len(tokenizer)), excluded)
+        self.mask_id, self.special, self.pool = masking_tokens(config.tokenizer, vocab_size)
         self.rank, self.world_size = _dist_info()
         # Ranks that read separate shares of the stream; with pack_across_ranks all read all of it.
         self.readers = 1 if config.pack_across_ranks else self.world_size
@@ -213,13 +236,7 @@ class PackedMLMLoader:
             offsets = np.concatenate([[0], np.cumsum(lengths)])
             tokens = slice(int(offsets[docs.start]), int(offsets[docs.stop]))
             inputs, labels = inputs[tokens], labels[tokens]
-        lengths = lengths[docs].astype(np.int32)
-        cu = np.zeros(lengths.shape[0] + 1, dtype=np.int32)
-        np.cumsum(lengths, out=cu[1:])
-        return PackedBatch(input_ids=torch.from_numpy(inputs), labels=torch.from_numpy(labels),
-                           cu_seqlens=torch.from_numpy(cu), max_seqlen=int(lengths.max(initial=0)),
-                           num_tokens=int(lengths.sum()), num_slots=rows * packed.max_seq_len,
-                           num_masked=int((labels != IGNORE_INDEX).sum()))
+        return packed_batch(lengths[docs], inputs, labels, rows, packed.max_seq_len)
 
     # -- resumption -------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bertforge.data.config import DataConfig
+from bertforge.eval.config import EvalConfig
 from bertforge.model.config import ModernBertConfig
 from bertforge.paths import YAMLS_DIR
 from bertforge.schema import ConfigError, build, load_yaml
@@ -243,12 +244,23 @@ class TrainConfig:
     """Peak FLOP/s of one device for MFU; None looks the GPU up in a table (no MFU on CPU)."""
     export_dir: str | None = None
     """Export the final model (and tokenizer) as a HuggingFace directory here."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Held-out masked-LM evaluation at an interval (off while ``eval.interval`` is empty)."""
 
     def __post_init__(self) -> None:
         self.save_folder = self.save_folder or f"runs/{self.run_name}"
         if self.global_batch_size <= 0:
             raise ConfigError(f"'global_batch_size' must be positive, got {self.global_batch_size}")
         parse_time(self.max_duration, "max_duration")
+        if self.eval.interval and parse_time(self.eval.interval, "eval.interval")[1] not in ("ba", "tok"):
+            raise ConfigError(f"'eval.interval' must count batches or tokens ('2000ba', '1000000000tok'), got "
+                              f"{self.eval.interval!r}")
+
+    def eval_streams(self) -> dict[str, str]:
+        """The held-out datasets to evaluate on: eval.streams, or the eval/ split beside each local stream."""
+        if self.eval.streams:
+            return dict(self.eval.streams)
+        return {name: str(Path(s.local) / "eval") for name, s in self.data.streams.items() if s.remote is None}
 
     @property
     def total_tokens(self) -> int | None:

@@ -86,12 +86,14 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, every_tokens: int | 
         raise FileNotFoundError(f"{run_dir}: no checkpoints (ep*-ba*) to export")
     run_config = yaml.safe_load(folder.config.read_text()) if folder.config.is_file() else {}
     tokenizer = tokenizer or (run_config.get("data") or {}).get("tokenizer")
-    metrics = {}
+    metrics, evals = {}, {}
     if folder.metrics.is_file():
         for line in folder.metrics.read_text().splitlines():
             row = json.loads(line)
             if "event" not in row:
                 metrics[row["batch"]] = row
+            elif row["event"] == "eval":
+                evals[row["batch"]] = row["loss"]
     out_dir = Path(out_dir)
     rows, last_multiple = [], -1
     for checkpoint in checkpoints:
@@ -109,7 +111,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, every_tokens: int | 
         model, run_state = _read_checkpoint(checkpoint)
         name = f"step{batch:07d}-tokens{tokens if tokens is not None else 'unknown'}"
         entry = {"name": name, "step": batch, "tokens": tokens, "train_loss": row.get("loss"),
-                 "eval_loss": row.get("eval_loss"), "checkpoint": str(checkpoint)}
+                 "eval_loss": evals.get(batch), "checkpoint": str(checkpoint)}
         export_model(model, out_dir / name, tokenizer)
         write_text_atomic(out_dir / name / "README.md", model_card(entry, run_config, run_state))
         rows.append(entry)

@@ -51,6 +51,9 @@ class PhasePlan:
     tokens_per_s: float | None
     hours: float | None
     milestones: list[Milestone] = field(default_factory=list)
+    eval_steps: list[int] = field(default_factory=list)
+    """Steps after which the held-out eval runs (0: before the first), empty without an eval block."""
+    eval_interval: str = ""
 
 
 def _tokens(config) -> int:
@@ -100,6 +103,18 @@ def _checkpoints(interval: str, steps: int, tokens: int) -> int:
     return done // every + (0 if done % every == 0 else 1)  # and one at the end
 
 
+def _eval_steps(config, clock: StepClock, steps: int, total: int) -> list[int]:
+    """The steps the eval callback evaluates at: the start, every interval, and the end."""
+    if not config.eval.interval:
+        return []
+    every, unit = parse_time(config.eval.interval, "eval.interval")
+    if unit == "ba":
+        points = range(every, steps + 1, every)
+    else:
+        points = (clock.steps_to(tokens) for tokens in range(every, total + 1, every))
+    return sorted({0, *points, steps})
+
+
 def _starting_point(config) -> str:
     if config.phase.after:
         taken = "weights and optimizer" if config.phase.load == "weights_and_optimizer" else "weights"
@@ -130,7 +145,8 @@ def plan_phase(path: Path, config: TrainConfig, ranks: int, tokens_before: int,
         max_seq_len=config.data.max_seq_len, global_batch_rows=config.global_batch_size,
         micro_batches_per_step=config.global_batch_size // clock.per_micro,
         checkpoints=_checkpoints(config.checkpoint.interval, steps, total), checkpoint_folder=config.save_folder,
-        starts_from=_starting_point(config), tokens_per_s=rate, hours=total / rate / 3600 if rate else None, milestones=milestones)
+        starts_from=_starting_point(config), tokens_per_s=rate, hours=total / rate / 3600 if rate else None,
+        milestones=milestones, eval_steps=_eval_steps(config, clock, steps, total), eval_interval=config.eval.interval)
 
 
 def plan_chain(chain: list[tuple[Path, object]], ranks: int, tokens_per_s: float | None = None) -> list[PhasePlan]:
@@ -151,10 +167,19 @@ def format_plan(plans: list[PhasePlan]) -> str:
                   f"of up to {p.global_batch_rows} x {p.max_seq_len} ({p.micro_batches_per_step} micro-batches), "
                   f"{hours}",
                   f"  starts from {p.starts_from}; {p.checkpoints} checkpoints in {p.checkpoint_folder}",
+                  f"  held-out evals: {_eval_summary(p)}",
                   f"  {'milestone':18} {'tokens':>18} {'step':>10} {'LR':>10} {'batch':>6}"]
         lines += [f"  {m.name:18} {m.tokens:>18,} {m.step:>10,} {m.lr:>10.3e} {m.global_batch_rows:>6}"
                   for m in p.milestones]
     return "\n".join(lines)
+
+
+def _eval_summary(plan: PhasePlan) -> str:
+    if not plan.eval_steps:
+        return "none (no eval.interval)"
+    shown = ", ".join(f"{s:,}" for s in plan.eval_steps[:4])
+    more = f", ... {plan.eval_steps[-1]:,}" if len(plan.eval_steps) > 4 else ""
+    return f"{len(plan.eval_steps)} (every {plan.eval_interval}, at the start and the end): steps {shown}{more}"
 
 
 def plan_json(plans: list[PhasePlan]) -> str:

@@ -28,6 +28,7 @@ def preflight(config: TrainConfig, world_size: int, *, device: Literal["cpu", "g
     if files:
         check_data_paths(config)
         check_tokenizer_fits(config)
+        check_eval_streams(config)
     check_schedule(config)
     if device is not None:
         check_device(config, device)
@@ -79,6 +80,25 @@ def check_data_paths(config: TrainConfig) -> None:
         check_shards_present(name, stream.local)
         fingerprint = fingerprint or tokenizer_fingerprint(config.data.tokenizer)
         check_stream(name, stream.local, config.data.tokenizer, fingerprint)
+
+
+def check_eval_streams(config: TrainConfig) -> None:
+    """Every held-out dataset of an ``eval:`` block exists, holds documents, and was made with the tokenizer."""
+    if not config.eval.interval:
+        return
+    from bertforge.data.integrity import check_shards_present, read_index
+    from bertforge.data.provenance import check_stream, tokenizer_fingerprint
+
+    for name, local in config.eval_streams().items():
+        if not (Path(local) / "index.json").is_file():
+            raise ConfigError(f"eval stream '{name}': {local} holds no prepared dataset (no index.json); prepare the "
+                              f"data with a holdout (`holdout: {{fraction: 0.005}}` in the recipe), or set "
+                              f"eval.streams.{name} to a prepared dataset")
+        if not sum(shard["samples"] for shard in read_index(local)["shards"]):
+            raise ConfigError(f"eval stream '{name}': {local} holds no documents; raise the recipe's "
+                              f"holdout.fraction, or set eval.streams.{name} to another dataset")
+        check_shards_present(f"eval.{name}", local)
+        check_stream(f"eval.{name}", local, config.data.tokenizer, tokenizer_fingerprint(config.data.tokenizer))
 
 
 def check_tokenizer_fits(config: TrainConfig) -> None:

@@ -84,6 +84,7 @@ def build_callbacks(config: TrainConfig, folder: RunFolder, loader, steps, linea
     """In the order they run at each event: the gradient fix before the guard measures gradients, the guard
     before the LR is set (a rollback moves the token clock), the checkpoint saver last."""
     from bertforge.train.callbacks.metrics_file import MetricsFile
+    from bertforge.train.callbacks.mlm_eval import MLMEval
     from bertforge.train.callbacks.run_state import RunState
     from bertforge.train.callbacks.token_lr import TokenScheduler
     from bertforge.train.callbacks.verified_checkpoint_saver import VerifiedCheckpointSaver
@@ -99,6 +100,7 @@ def build_callbacks(config: TrainConfig, folder: RunFolder, loader, steps, linea
             RunState(loader, steps, config, lineage),
             MetricsFile(folder, config.model, config.data.mask_rate, config.peak_flops, config.log_interval,
                         config.total_tokens),
+            *([MLMEval(config, folder)] if config.eval.interval else []),
             saver]
 
 

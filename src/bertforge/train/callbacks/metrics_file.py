@@ -97,13 +97,18 @@ def plot_curves(metrics: Path, out: Path) -> None:
 
     from bertforge.atomic import atomic_path
 
-    rows = [row for line in metrics.read_text().splitlines() if line.strip()
-            if "event" not in (row := json.loads(line)) and row["loss"] is not None]
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    rows = [row for row in records if "event" not in row and row["loss"] is not None]
+    evals = [row for row in records if row.get("event") == "eval"]
     if not rows:
         return
     tokens = [r["tokens"] for r in rows]
     fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    ax_loss.plot(tokens, [r["loss"] for r in rows])
+    ax_loss.plot(tokens, [r["loss"] for r in rows], label="train (masking 30%)" if evals else None)
+    if evals:
+        ax_loss.plot([r["tokens"] for r in evals], [r["loss"] for r in evals], "o-", color="tab:green",
+                     label="held-out eval")
+        ax_loss.legend()
     ax_loss.set_ylabel("MLM loss")
     ax_loss.grid(alpha=0.3)
     ax_lr.plot(tokens, [r["lr"] for r in rows], color="tab:orange")
