@@ -231,8 +231,10 @@ def test_a_second_run_on_the_same_folder_is_refused_before_it_writes(tmp_path, s
         os.killpg(first.pid, signal.SIGKILL)  # leaves its lock behind, as a crash does
         first.wait()
     assert json.loads((folder / "run.lock").read_text())["pid"] == first.pid
-    # The holder is dead on this host: the next run takes the lock over and resumes.
-    third = _train(config, f"max_duration={1024 * 6}tok", "checkpoint.interval=2ba")
+    # The holder is dead on this host: the next run takes the lock over and resumes, for two more steps (of 1024
+    # tokens) past wherever the first run's last checkpoint is, however far it got before the kill.
+    saved = max((int(p.name.split("-ba")[1].split("-")[0]) for p in folder.glob("ep*-ba*-rank0.pt")), default=0)
+    third = _train(config, f"max_duration={1024 * (saved + 2)}tok", "checkpoint.interval=2ba")
     assert third.returncode == 0, third.stderr[-3000:]
     assert not (folder / "run.lock").exists()
 

@@ -1,0 +1,73 @@
+"""What a held-out eval costs: one eval of ``max_tokens`` per stream against training on the same tokens.
+
+    python bench/eval_cost.py                                   # tiny model, the sample's eval/ splits, CPU
+    python bench/eval_cost.py --preset base --max-tokens 20000 --interval-tokens 1000000000
+
+Both sides run the same packed batches (the eval set's) through the same model in one process, alternating:
+the eval side as ``bertforge.eval.mlm.evaluate`` does it (no gradients), the training side as a training step
+(forward, backward, AdamW). Reported: seconds of each, their ratio, and the share of training time an eval every
+``--interval-tokens`` costs (eval seconds per token x eval tokens / (train seconds per token x interval)).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from model_step import make_step
+
+from bertforge.eval.config import EvalConfig
+from bertforge.eval.mlm import evaluate, load_eval_set
+from bertforge.model import ModernBertForMaskedLM, load_model_config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--data", default="data/sample/mds/code/eval,data/sample/mds/web/eval,"
+                                          "data/sample/mds/science/eval")
+    parser.add_argument("--tokenizer", default="data/sample/tokenizer")
+    parser.add_argument("--max-tokens", type=int, default=20000, help="per stream, as eval.max_tokens")
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--interval-tokens", type=int, default=204800,
+                        help="training tokens between evals (the quickstart: 100 steps of 8 x 256)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", help="also write the summary here")
+    args = parser.parse_args()
+    config = load_model_config(args.preset)
+    eval_config = EvalConfig(max_tokens=args.max_tokens)
+    sets = [load_eval_set(Path(d).parent.name, d, args.tokenizer, eval_config, args.seq_len, config.vocab_size)
+            for d in args.data.split(",")]
+    tokens = sum(s.tokens for s in sets)
+    torch.manual_seed(0)
+    model = ModernBertForMaskedLM(config)
+    steps = [make_step(model, {"input_ids": b.input_ids, "labels": b.labels, "cu_seqlens": b.cu_seqlens,
+                               "max_seqlen": b.max_seqlen}, torch.device("cpu"), None)
+             for s in sets for b in s.batches]
+    eval_s, train_s = [], []
+    for _ in range(args.repeats + 1):  # the first round warms up
+        start = time.perf_counter()
+        evaluate(model, sets)
+        eval_s.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for step in steps:
+            step()
+        train_s.append(time.perf_counter() - start)
+    eval_time, train_time = statistics.median(eval_s[1:]), statistics.median(train_s[1:])
+    share = (eval_time / tokens) * tokens / ((train_time / tokens) * args.interval_tokens)
+    summary = {"preset": args.preset, "eval_tokens": tokens, "eval_s": eval_time, "train_s_same_tokens": train_time,
+               "eval_over_train": eval_time / train_time, "interval_tokens": args.interval_tokens,
+               "share_of_training_time": share, "threads": torch.get_num_threads()}
+    print(f"{args.preset}: one eval of {tokens:,} tokens ({len(sets)} streams) {eval_time:.2f} s; training on the "
+          f"same tokens {train_time:.2f} s; ratio {eval_time / train_time:.2f}; an eval every "
+          f"{args.interval_tokens:,} training tokens costs {share:.1%} of the training time")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
