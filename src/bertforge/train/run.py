@@ -98,9 +98,10 @@ def build_callbacks(config: TrainConfig, folder: RunFolder, loader, steps, linea
             TokenScheduler(config.schedule, config.total_tokens or 0, config.optimizer.lr,
                            lr_scale=lambda: guard.lr_scale),
             RunState(loader, steps, config, lineage),
+            # The eval before MetricsFile, whose fit_end draws curves.png: the final eval is then on it.
+            *([MLMEval(config, folder)] if config.eval.interval else []),
             MetricsFile(folder, config.model, config.data.mask_rate, config.peak_flops, config.log_interval,
                         config.total_tokens),
-            *([MLMEval(config, folder)] if config.eval.interval else []),
             saver]
 
 
