@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import yaml
-from model_step import hf_twin, make_step, padded_from_packed
+from model_step import hf_attention_paths, hf_twin, make_step, padded_from_packed
 
 from bertforge.model import ModernBertConfig, ModernBertForMaskedLM
 from bertforge.model.attention import _flash_varlen
@@ -106,17 +106,6 @@ def our_backends(device: str) -> list[str]:
     if device == "cuda" and _flash_varlen() is not None:
         backends.insert(0, "flash")
     return backends
-
-
-def hf_backends(device: str) -> list[str]:
-    paths = ["sdpa"]
-    if device == "cuda":
-        try:
-            import flash_attn  # noqa: F401
-            paths.append("flash_attention_2")
-        except ImportError:
-            pass
-    return paths
 
 
 def our_model(config: ModernBertConfig, backend: str, device: str) -> ModernBertForMaskedLM:
@@ -204,7 +193,7 @@ def model_steps(plan: Plan) -> list[dict]:
         for backend in our_backends(plan.device):
             rows.append(guarded({**common, "side": f"bertforge {backend} (packed)"}, _ours_step, config, backend,
                                 batch, plan, real))
-        for attn in hf_backends(plan.device):
+        for attn in hf_attention_paths(plan.device):
             rows.append(guarded({**common, "side": f"transformers {attn} (padded)"}, _transformers_step, config, attn,
                                 padded, plan, real))
         reference = next((r["median_step_s"] for r in rows if r["seq_len"] == seq_len

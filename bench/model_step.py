@@ -73,7 +73,8 @@ def padded_from_packed(batch: dict) -> dict[str, torch.Tensor]:
 
 def hf_twin(ours: ModernBertForMaskedLM, attn_implementation: str):
     """transformers' ModernBertForMaskedLM with our weights (the parameter names are the same)."""
-    from transformers import ModernBertConfig, ModernBertForMaskedLM as HFModernBert
+    from transformers import ModernBertConfig
+    from transformers import ModernBertForMaskedLM as HFModernBert
 
     from bertforge.model.hf_io import to_hf_config
 
@@ -85,6 +86,18 @@ def hf_twin(ours: ModernBertForMaskedLM, attn_implementation: str):
         raise RuntimeError(f"weights do not map onto transformers: missing {missing}, unexpected {unexpected}")
     model.tie_weights()
     return model
+
+
+def hf_attention_paths(device_type: str) -> list[str]:
+    """transformers' attention paths to compare with: SDPA, and flash_attention_2 on CUDA where flash-attn is."""
+    paths = ["sdpa"]
+    if device_type == "cuda":
+        try:
+            import flash_attn  # noqa: F401
+            paths.append("flash_attention_2")
+        except ImportError:
+            pass
+    return paths
 
 
 def make_step(model, inputs: dict, device: torch.device, dtype: torch.dtype | None):
@@ -175,13 +188,7 @@ def main() -> None:
         parser.error(f"no prepared sample corpus under {args.mds}; run `bertforge quickstart` or "
                      f"`bertforge prep data_prep/sample.yaml` first")
     device = torch.device(args.device)
-    hf_paths = ["sdpa"]
-    if device.type == "cuda":
-        try:
-            import flash_attn  # noqa: F401
-            hf_paths.append("flash_attention_2")
-        except ImportError:
-            pass
+    hf_paths = hf_attention_paths(device.type)
     if args.profile:
         profile_ours(args.presets[0], args.seq_lens[0], args.tokens, device, args.mds, args.tokenizer)
         return

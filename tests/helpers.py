@@ -135,3 +135,21 @@ def kill_when_saved(config: Path, folder: Path, checkpoint: str = "ep0-ba8-rank0
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+
+
+def read_docs(mds: Path) -> list:
+    """Every sample (token array) of a prepared dataset, in its order."""
+    from streaming import StreamingDataset
+    from streaming.base.util import clean_stale_shared_memory
+
+    clean_stale_shared_memory()
+    ds = StreamingDataset(local=str(mds), shuffle=False, batch_size=1)
+    docs = [ds[i]["tokens"] for i in range(ds.num_samples)]
+    del ds
+    return docs
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every prepared file, ignoring the decompressed copies StreamingDataset leaves beside the .zstd shards."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not (p.suffix == ".mds" and p.with_name(p.name + ".zstd").exists())}

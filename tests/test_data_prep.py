@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import read_docs, tree_bytes
 
 from bertforge.data.prep import prepare, token_dtype
 from bertforge.data.recipe import load_recipe
@@ -27,23 +28,6 @@ def _write_recipe(tmp_path, tokenizer, sources, **extra) -> Path:
     return path
 
 
-def _read_docs(mds: Path) -> list[np.ndarray]:
-    from streaming import StreamingDataset
-    from streaming.base.util import clean_stale_shared_memory
-
-    clean_stale_shared_memory()
-    ds = StreamingDataset(local=str(mds), shuffle=False, batch_size=1)
-    docs = [ds[i]["tokens"] for i in range(ds.num_samples)]
-    del ds
-    return docs
-
-
-def _tree_bytes(root: Path) -> dict[str, bytes]:
-    """Every prepared file, ignoring the decompressed copies StreamingDataset leaves beside the .zstd shards."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and not (p.suffix == ".mds" and p.with_name(p.name + ".zstd").exists())}
-
-
 def test_text_round_trips_through_shards(tmp_path, sample_data):
     texts = [f"Document number {i}: the quick brown fox {'jumps ' * (i % 7)}over the lazy dog." for i in range(40)]
     (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
@@ -51,7 +35,7 @@ def test_text_round_trips_through_shards(tmp_path, sample_data):
                          [{"name": "web", "inputs": [{"format": "jsonl", "path": str(tmp_path / "docs.jsonl")}]}])
     stats = prepare(load_recipe(path), progress=False)["web"]
     tok = load_tokenizer(sample_data["tokenizer"])
-    docs = _read_docs(tmp_path / "out" / "web")
+    docs = read_docs(tmp_path / "out" / "web")
     assert stats["documents"] == 40 and stats["samples"] == 40
     assert all(d[0] == tok.cls_token_id and d[-1] == tok.sep_token_id for d in docs)
     assert [tok.decode(d[1:-1].tolist()) for d in docs] == texts
@@ -65,7 +49,7 @@ def test_long_documents_are_chunked_not_truncated(tmp_path, sample_data):
                          [{"name": "web", "inputs": [{"format": "jsonl", "path": str(tmp_path / "docs.jsonl")}]}])
     stats = prepare(load_recipe(path), progress=False)["web"]
     tok = load_tokenizer(sample_data["tokenizer"])
-    chunks = _read_docs(tmp_path / "out" / "web")
+    chunks = read_docs(tmp_path / "out" / "web")
     assert len(chunks) > 1 and stats["chunked_documents"] == 1
     assert all(len(c) <= 64 and c[0] == tok.cls_token_id and c[-1] == tok.sep_token_id for c in chunks)
     body = np.concatenate([c[1:-1] for c in chunks]).tolist()
@@ -164,7 +148,7 @@ def test_prep_is_deterministic_whatever_the_workers(tmp_path, sample_data):
         recipe = load_recipe(small_sample_recipe(run, Path(sample_data["tokenizer"]), files=25),
                              [f"workers={workers}", "out_dir=" + str(tmp_path / "mds" / str(workers))])
         prepare(recipe, progress=False)
-        outputs.append(_tree_bytes(tmp_path / "mds" / str(workers)))
+        outputs.append(tree_bytes(tmp_path / "mds" / str(workers)))
     assert outputs[0].keys() == outputs[1].keys() and len(outputs[0]) > 10
     assert outputs[0] == outputs[1]
 
@@ -189,7 +173,7 @@ def test_killed_prep_resumes_to_the_same_bytes(tmp_path, sample_data):
     proc.wait()
     assert not (killed / "code" / "stats.json").exists(), "prep finished before it could be killed"
     subprocess.run(cmd, check=True, timeout=300)
-    assert _tree_bytes(killed) == _tree_bytes(clean / "mds")
+    assert tree_bytes(killed) == tree_bytes(clean / "mds")
 
 
 def test_sample_recipe_names_three_kinds_of_text():

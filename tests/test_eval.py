@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import kill_when_saved, run_config
+from helpers import kill_when_saved, read_docs, run_config, tree_bytes
 
 from bertforge.data.prep import held_out, prepare
 from bertforge.data.recipe import load_recipe
@@ -23,21 +23,6 @@ def _fresh_shared_memory():
     yield
 
 
-def _documents(source: Path) -> list[bytes]:
-    """Every sample of a prepared dataset, as raw token bytes."""
-    from streaming import StreamingDataset
-
-    ds = StreamingDataset(local=str(source), shuffle=False, batch_size=1)
-    docs = [ds[i]["tokens"].tobytes() for i in range(ds.num_samples)]
-    del ds
-    return docs
-
-
-def _tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and not (p.suffix == ".mds" and p.with_name(p.name + ".zstd").exists())}
-
-
 def test_holdout_split_is_disjoint_and_deterministic_whatever_the_workers(tmp_path, sample_data):
     from conftest import small_sample_recipe
 
@@ -49,7 +34,7 @@ def test_holdout_split_is_disjoint_and_deterministic_whatever_the_workers(tmp_pa
                              [f"workers={workers}", "files_per_unit=7", "holdout.fraction=0.2",
                               f"out_dir={run / 'mds'}"])
         stats = prepare(recipe, progress=False)
-        trees.append(_tree(run / "mds"))
+        trees.append(tree_bytes(run / "mds"))
     assert trees[0] == trees[1]  # byte for byte, the split included
     held_total = kept_total = 0
     for name, source in stats.items():
@@ -57,8 +42,8 @@ def test_holdout_split_is_disjoint_and_deterministic_whatever_the_workers(tmp_pa
         assert held["split"] == "eval" and held["provenance"] == source["provenance"]
         assert source["holdout"]["documents"] == held["documents"] > 0
         held_total, kept_total = held_total + held["documents"], kept_total + source["documents"]
-        train_docs = set(_documents(tmp_path / "w2/mds" / name))
-        eval_docs = set(_documents(tmp_path / "w2/mds" / name / "eval"))
+        train_docs = {doc.tobytes() for doc in read_docs(tmp_path / "w2/mds" / name)}
+        eval_docs = {doc.tobytes() for doc in read_docs(tmp_path / "w2/mds" / name / "eval")}
         assert len(eval_docs) > 0 and not train_docs & eval_docs
     assert 0.12 < held_total / (held_total + kept_total) < 0.28
 

@@ -53,9 +53,14 @@ def index_hash(index: dict) -> str | None:
     return None
 
 
-def check_shards_present(name: str, local: str | Path) -> None:
-    """Each shard's stored file (its compressed form where it has one) exists with the size the index records."""
-    for shard in read_index(local)["shards"]:
+def check_prepared_stream(name: str, local: str | Path, tokenizer: str, fingerprint: str) -> dict:
+    """A prepared stream is fit to read: each shard's stored file (its compressed form where it has one) exists
+    with the size the index records, and its ids were made by ``tokenizer`` (whose ``tokenizer_fingerprint`` is
+    ``fingerprint``). Returns the index, read once."""
+    from bertforge.data.provenance import check_stream
+
+    index = read_index(local)
+    for shard in index["shards"]:
         info = shard.get("zip_data") or shard["raw_data"]
         path = Path(local) / info["basename"]
         if not path.is_file():
@@ -63,6 +68,8 @@ def check_shards_present(name: str, local: str | Path) -> None:
         if path.stat().st_size != info["bytes"]:
             raise DataError(f"data.streams.{name}: shard {path} has {path.stat().st_size} bytes, its index says "
                             f"{info['bytes']} (truncated or replaced); restore it or prepare this source again")
+    check_stream(name, local, tokenizer, fingerprint)
+    return index
 
 
 @dataclass

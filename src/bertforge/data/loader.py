@@ -9,6 +9,7 @@ StreamingDataset at its position instead of replaying the stream.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,10 +19,10 @@ import numpy as np
 import torch
 
 from bertforge.data.config import DataConfig, StreamConfig
-from bertforge.data.integrity import check_shards_present, index_hash, read_index
+from bertforge.data.integrity import check_prepared_stream, index_hash
 from bertforge.data.masking import mask_tokens, random_token_pool
 from bertforge.data.packing import BestFitPacker, PackedRows
-from bertforge.data.provenance import check_stream, tokenizer_fingerprint
+from bertforge.data.provenance import tokenizer_fingerprint
 from bertforge.data.tokenizer import load_tokenizer, special_ids
 from bertforge.errors import DataError
 from bertforge.labels import IGNORE_INDEX
@@ -49,6 +50,7 @@ def _collate_docs(samples: list[dict]) -> list[np.ndarray]:
     return [s["tokens"] for s in samples]
 
 
+@functools.cache
 def _checked_dataset_class():
     """StreamingDataset that fails loudly, naming the shard, when a shard cannot be made ready.
 
@@ -110,8 +112,9 @@ def stream_cache(local: str, cache_dir: str | None) -> str:
     return str(root / hashlib.sha256(str(Path(local).resolve()).encode()).hexdigest()[:16])
 
 
-def _stream(name: str, stream: StreamConfig, config: DataConfig):
-    """A streaming ``Stream`` for one configured stream, checked before anything is read.
+def _stream(name: str, stream: StreamConfig, config: DataConfig, fingerprint: str):
+    """A streaming ``Stream`` for one configured stream, checked (``check_prepared_stream``, with the
+    fingerprint of ``config.tokenizer``) before anything is read.
 
     A prepared dataset is read in place, its shards unpacked next to them, unless ``data.cache_dir`` is set or its
     folder is read-only: then the dataset is the stream's "remote" and the shards are copied and unpacked into the
@@ -121,9 +124,7 @@ def _stream(name: str, stream: StreamConfig, config: DataConfig):
 
     local, remote, validate = stream.local, stream.remote, None
     if remote is None:
-        check_shards_present(name, local)
-        check_stream(name, local, config.tokenizer, tokenizer_fingerprint(config.tokenizer))
-        validate = index_hash(read_index(local))
+        validate = index_hash(check_prepared_stream(name, local, config.tokenizer, fingerprint))
         if config.cache_dir or not _writable(local):
             remote, local = local, stream_cache(local, config.cache_dir)
     return Stream(local=local, remote=remote, proportion=stream.proportion, repeat=stream.repeat,
@@ -133,8 +134,8 @@ def _stream(name: str, stream: StreamConfig, config: DataConfig):
 def open_stream_dataset(name: str, config: DataConfig):
     """One prepared stream as a StreamingDataset in its own order, for reading by index (an eval set), with the
     same checks and read-only handling as training streams."""
-    return _checked_dataset_class()(streams=[_stream(name, config.streams[name], config)], shuffle=False,
-                                    batch_size=1, replication=None)
+    stream = _stream(name, config.streams[name], config, tokenizer_fingerprint(config.tokenizer))
+    return _checked_dataset_class()(streams=[stream], shuffle=False, batch_size=1, replication=None)
 
 
 def masking_tokens(tokenizer_name: str, vocab_size: int | None = None) -> tuple[int, np.ndarray, np.ndarray]:
@@ -179,7 +180,8 @@ class PackedMLMLoader:
         self.rank, self.world_size = _dist_info()
         # Ranks that read separate shares of the stream; with pack_across_ranks all read all of it.
         self.readers = 1 if config.pack_across_ranks else self.world_size
-        streams = [_stream(name, stream, config) for name, stream in config.streams.items()]
+        fingerprint = tokenizer_fingerprint(config.tokenizer)
+        streams = [_stream(name, stream, config, fingerprint) for name, stream in config.streams.items()]
         nodes = max(1, self.world_size // int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size)))
         if config.pack_across_ranks:
             nodes = 1

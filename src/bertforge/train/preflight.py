@@ -67,8 +67,8 @@ def check_lengths(config: TrainConfig) -> None:
 
 def check_data_paths(config: TrainConfig) -> None:
     """Every local stream is a prepared dataset with all its shards whole, made with ``data.tokenizer``."""
-    from bertforge.data.integrity import check_shards_present
-    from bertforge.data.provenance import check_stream, tokenizer_fingerprint
+    from bertforge.data.integrity import check_prepared_stream
+    from bertforge.data.provenance import tokenizer_fingerprint
 
     fingerprint = None
     for name, stream in config.data.streams.items():
@@ -77,28 +77,27 @@ def check_data_paths(config: TrainConfig) -> None:
         if not (Path(stream.local) / "index.json").is_file():
             raise ConfigError(f"data.streams.{name}.local '{stream.local}' holds no prepared dataset (no index.json); "
                               f"run `bertforge prep` for it or fix the path")
-        check_shards_present(name, stream.local)
         fingerprint = fingerprint or tokenizer_fingerprint(config.data.tokenizer)
-        check_stream(name, stream.local, config.data.tokenizer, fingerprint)
+        check_prepared_stream(name, stream.local, config.data.tokenizer, fingerprint)
 
 
 def check_eval_streams(config: TrainConfig) -> None:
     """Every held-out dataset of an ``eval:`` block exists, holds documents, and was made with the tokenizer."""
     if not config.eval.interval:
         return
-    from bertforge.data.integrity import check_shards_present, read_index
-    from bertforge.data.provenance import check_stream, tokenizer_fingerprint
+    from bertforge.data.integrity import check_prepared_stream
+    from bertforge.data.provenance import tokenizer_fingerprint
 
+    fingerprint = tokenizer_fingerprint(config.data.tokenizer)
     for name, local in config.eval_streams().items():
         if not (Path(local) / "index.json").is_file():
             raise ConfigError(f"eval stream '{name}': {local} holds no prepared dataset (no index.json); prepare the "
                               f"data with a holdout (`holdout: {{fraction: 0.005}}` in the recipe), or set "
                               f"eval.streams.{name} to a prepared dataset")
-        if not sum(shard["samples"] for shard in read_index(local)["shards"]):
+        index = check_prepared_stream(f"eval.{name}", local, config.data.tokenizer, fingerprint)
+        if not sum(shard["samples"] for shard in index["shards"]):
             raise ConfigError(f"eval stream '{name}': {local} holds no documents; raise the recipe's "
                               f"holdout.fraction, or set eval.streams.{name} to another dataset")
-        check_shards_present(f"eval.{name}", local)
-        check_stream(f"eval.{name}", local, config.data.tokenizer, tokenizer_fingerprint(config.data.tokenizer))
 
 
 def check_tokenizer_fits(config: TrainConfig) -> None:
