@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -11,20 +13,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def hf_reference_model(every: int = 3, heads: int = 4, vocab: int = 1001, hidden: int = 64, layers: int = 4,
-                       window: int = 16, seed: int = 0):
-    """A transformers ModernBertForMaskedLM with every weight random, norms and decoder bias included."""
-    from transformers import ModernBertConfig, ModernBertForMaskedLM
+                       window: int = 16, seed: int = 0, classifier: bool = False, **extra):
+    """A transformers ModernBertForMaskedLM (or, with ``classifier``, ModernBertForSequenceClassification, whose
+    config ``extra`` completes) with every weight random, norms and biases included."""
+    from transformers import ModernBertConfig, ModernBertForMaskedLM, ModernBertForSequenceClassification
 
     torch.manual_seed(seed)
     config = ModernBertConfig(
         vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 3 // 2, num_hidden_layers=layers,
         num_attention_heads=heads, global_attn_every_n_layers=every, local_attention=window,
         global_rope_theta=160000.0, local_rope_theta=10000.0, pad_token_id=0, cls_token_id=1, sep_token_id=2,
-        bos_token_id=1, eos_token_id=2, reference_compile=False, attn_implementation="sdpa")
-    model = ModernBertForMaskedLM(config).eval()
+        bos_token_id=1, eos_token_id=2, reference_compile=False, attn_implementation="sdpa", **extra)
+    model = (ModernBertForSequenceClassification if classifier else ModernBertForMaskedLM)(config).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if param.dim() == 1:  # LayerNorm weights (otherwise 1) and the decoder bias (otherwise 0)
+            if param.dim() == 1:  # LayerNorm weights (otherwise 1) and biases (otherwise 0)
                 param.normal_(1.0 if "norm" in name else 0.0, 0.2)
     return model
 
@@ -153,3 +156,16 @@ def tree_bytes(root: Path) -> dict[str, bytes]:
     """Every prepared file, ignoring the decompressed copies StreamingDataset leaves beside the .zstd shards."""
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file() and not (p.suffix == ".mds" and p.with_name(p.name + ".zstd").exists())}
+
+
+def train_ranks(config: Path, ranks: int, *overrides: str, launcher: str = "composer") -> subprocess.CompletedProcess:
+    """`bertforge train CONFIG` on ``ranks`` real processes (composer's launcher or torchrun)."""
+    if ranks == 1:
+        launch = [str(Path(sys.executable).with_name("bertforge")), "train"]
+    elif launcher == "torchrun":
+        launch = [str(Path(sys.executable).with_name("torchrun")), "--nproc-per-node", str(ranks),
+                  "--master-port", str(free_port()), "-m", "bertforge.train"]
+    else:
+        launch = [str(Path(sys.executable).with_name("composer")), "-n", str(ranks), "--master_port",
+                  str(free_port()), "-m", "bertforge.train"]
+    return subprocess.run([*launch, str(config), *overrides], capture_output=True, text=True, timeout=600)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import kill_when_saved, read_docs, run_config, tree_bytes
+from helpers import kill_when_saved, read_docs, run_config, train_ranks, tree_bytes
 
 from bertforge.data.prep import held_out, prepare
 from bertforge.data.recipe import load_recipe
@@ -123,13 +123,12 @@ def test_eval_in_training_starts_at_chance_and_equals_bertforge_eval_mlm(tmp_pat
 
 @pytest.mark.slow
 def test_eval_numbers_are_equal_on_one_and_two_ranks_ddp_and_fsdp2(tmp_path, held_data):
-    from test_train import _train_ranks
 
     first = {}
     for mode, ranks in (("single", 1), ("ddp", 2), ("fsdp2", 2)):
         config = run_config(tmp_path, held_data, mode, parallelism="ddp" if mode == "single" else mode,
                              max_duration="4096tok", optimizer={"name": "adamw", "lr": 2e-3}, eval=EVAL)
-        result = _train_ranks(config, ranks, "data.pack_across_ranks=true", f"data.micro_batch_size={2 // ranks}",
+        result = train_ranks(config, ranks, "data.pack_across_ranks=true", f"data.micro_batch_size={2 // ranks}",
                               launcher="torchrun" if mode == "ddp" else "composer")
         assert result.returncode == 0, result.stderr[-3000:]
         first[mode] = _evals(tmp_path / mode)[0]

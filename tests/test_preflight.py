@@ -103,9 +103,11 @@ def test_plan_runs_the_preflight_for_its_ranks():
 
 
 def _shipped_run_configs() -> list[Path]:
-    """Every run config under yamls/ (models/ and data/ hold pieces that runs include, as do common.yaml files)."""
+    """Every run config under yamls/ (models/ and data/ hold pieces that runs include, as do common.yaml files;
+    finetune/ holds fine-tuning tasks)."""
     return sorted(p for p in (ROOT / "yamls").rglob("*.yaml")
-                  if p.parent.name not in ("models", "data") and p.name != "common.yaml")
+                  if p.parent.name not in ("models", "data") and p.name != "common.yaml"
+                  and "finetune" not in p.relative_to(ROOT / "yamls").parts)
 
 
 def test_every_shipped_config_loads_without_torch():
@@ -129,6 +131,9 @@ for path in sorted(Path({str(ROOT / "yamls/models")!r}).glob("*.yaml")):
     load_model_config(path)
 for path in sorted(Path({str(ROOT / "data_prep")!r}).glob("*.yaml")):
     load_recipe(path)
+from bertforge.finetune.suite import load_suite
+assert len(load_suite("glue")) == len(load_suite("glue-large")) == 8
+load_suite({str(ROOT / "yamls/finetune/sample-source.yaml")!r})
 with contextlib.redirect_stdout(io.StringIO()):
     assert main(["plan", {str(ROOT / "yamls/modernbert-large/decay.yaml")!r}]) == 0
     assert main(["train", {str(ROOT / "yamls/quickstart.yaml")!r}, "--print-config"]) == 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import free_port, kill_when_saved, read_metrics, run_config, wandb_runs
+from helpers import kill_when_saved, read_metrics, run_config, train_ranks, wandb_runs
 
 from bertforge.schema import ConfigError
 from bertforge.train.config import ScheduleConfig, load_train_config
@@ -154,18 +154,6 @@ def test_checkpoints_that_do_not_verify_are_set_aside_not_deleted(tmp_path):
     assert (tmp_path / "ep0-ba4-rank0.pt").is_file()
 
 
-def _train_ranks(config: Path, ranks: int, *overrides: str, launcher: str = "composer") -> subprocess.CompletedProcess:
-    if ranks == 1:
-        launch = [BERTFORGE, "train"]
-    elif launcher == "torchrun":
-        launch = [str(Path(sys.executable).with_name("torchrun")), "--nproc-per-node", str(ranks),
-                  "--master-port", str(free_port()), "-m", "bertforge.train"]
-    else:
-        launch = [str(Path(sys.executable).with_name("composer")), "-n", str(ranks), "--master_port",
-                  str(free_port()), "-m", "bertforge.train"]
-    return subprocess.run([*launch, str(config), *overrides], capture_output=True, text=True, timeout=600)
-
-
 @pytest.mark.slow
 def test_one_process_ddp_and_fsdp2_give_the_same_losses(tmp_path, sample_data):
     """Same global batch of 4 rows on one rank (two micro-batches of 2, accumulated), and on two real ranks over
@@ -181,7 +169,7 @@ def test_one_process_ddp_and_fsdp2_give_the_same_losses(tmp_path, sample_data):
     for mode, ranks in (("single", 1), ("ddp", 2), ("fsdp2", 2)):
         config = run_config(tmp_path, sample_data, mode, parallelism="ddp" if mode == "single" else mode,
                              max_duration="8192tok", optimizer={"name": "adamw", "lr": 2e-3})
-        result = _train_ranks(config, ranks, "data.pack_across_ranks=true", f"data.micro_batch_size={2 // ranks}",
+        result = train_ranks(config, ranks, "data.pack_across_ranks=true", f"data.micro_batch_size={2 // ranks}",
                               launcher="torchrun" if mode == "ddp" else "composer")
         assert result.returncode == 0, result.stderr[-3000:]
         losses[mode] = [row["loss"] for _, row in sorted(read_metrics(tmp_path / mode).items())]
@@ -210,11 +198,11 @@ def test_sharded_fsdp2_checkpoint_resumes_each_ranks_data_exactly(tmp_path, samp
     config = run_config(tmp_path, sample_data, "fsdp2", parallelism="fsdp2", max_duration="8192tok",
                          optimizer={"name": "adamw", "lr": 2e-3})
     folder = tmp_path / "fsdp2"
-    assert _train_ranks(config, 2).returncode == 0
+    assert train_ranks(config, 2).returncode == 0
     expected = read_metrics(folder)
     # As if the run had died while writing its second checkpoint: the save never reached its manifest.
     (folder / "ep0-ba8.manifest.json").unlink()
-    result = _train_ranks(config, 2)
+    result = train_ranks(config, 2)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (folder / "incomplete" / "ep0-ba8").is_dir()
     resumed = read_metrics(folder)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from bertforge import __version__
@@ -120,6 +121,7 @@ def _train(args: argparse.Namespace) -> None:
     if args.print_config:
         print(resolved_yaml(config), end="")
         return
+    downstream = _downstream_tasks(config.downstream)  # before training: a task that cannot load fails now
     from bertforge.train.callbacks.stop_on_signal import StoppedBySignal
     from bertforge.train.run import train
 
@@ -128,6 +130,33 @@ def _train(args: argparse.Namespace) -> None:
     except StoppedBySignal as stop:
         print(f"bertforge: {stop}", file=sys.stderr)
         raise SystemExit(REQUEUE_EXIT_CODE) from None
+    if downstream and os.environ.get("RANK", "0") == "0":
+        from bertforge.finetune.suite import format_table, run_suite
+
+        out = f"{config.save_folder}/downstream"
+        print(format_table(run_suite(downstream, config.export_dir, out)), end="")
+        print(f"downstream results in {out}/results.json")
+
+
+def _downstream_tasks(targets: list[str]) -> list:
+    """The tasks of a run's ``downstream:`` list, loaded (and so checked) before the run trains."""
+    if not targets:
+        return []
+    from bertforge.finetune.suite import load_suite
+
+    return [task for target in targets for task in load_suite(target)]
+
+
+def _finetune(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from bertforge.finetune.suite import format_table, load_suite, run_suite
+
+    tasks = load_suite(args.tasks_from, args.overrides, args.tasks.split(",") if args.tasks else None, args.seeds)
+    out = args.out or str(Path("runs/finetune") / Path(args.model).resolve().name)
+    table = run_suite(tasks, args.model, out, tokenizer=args.tokenizer)
+    print(format_table(table), end="")
+    print(f"results in {out}/results.json and results.md; models in {out}/<task>/seed<N>/model")
 
 
 def _plan(args: argparse.Namespace) -> None:
@@ -251,6 +280,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="key=value overrides, dotted (optimizer.lr=1e-3)")
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     train.set_defaults(func=_train)
+
+    finetune = commands.add_parser(
+        "finetune", help="fine-tune a model on a task (a task YAML) or a suite of them (glue), over seeds",
+        description="Fine-tune MODEL on each task and seed, keep each seed's best epoch, and write the results table "
+                    "(mean and spread over seeds, the average of the main metrics). Rerunning the same command "
+                    "skips the seeds already done.")
+    finetune.add_argument("tasks_from", metavar="TASKS", help="a task YAML, or a folder of them: a suite under "
+                                                               "yamls/finetune/ (glue, glue-large) or your own")
+    finetune.add_argument("model", help="a HuggingFace ModernBERT directory, or a training checkpoint (ours or the "
+                                        "research repository's; then pass --tokenizer)")
+    finetune.add_argument("overrides", nargs="*", help="key=value overrides of every task (train.epochs=1)")
+    finetune.add_argument("--tasks", help="comma-separated task names to run from the suite (default: all)")
+    finetune.add_argument("--seeds", type=int, help="seeds per task (default: each task's train.seeds)")
+    finetune.add_argument("--out", help="output folder (default runs/finetune/<model folder name>)")
+    finetune.add_argument("--tokenizer", help="tokenizer directory or hub name (default: the model directory's)")
+    finetune.set_defaults(func=_finetune)
 
     plan = commands.add_parser("plan", help="tokens, steps, batch, LR milestones, checkpoints and time of a phase "
                                             "and the phases before it, without training")

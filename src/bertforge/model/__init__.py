@@ -9,7 +9,9 @@ from __future__ import annotations
 import importlib
 
 _HOMES = {
+    "ClassifierConfig": "bertforge.model.config",
     "ModernBertConfig": "bertforge.model.config",
+    "ModernBertForSequenceClassification": "bertforge.model.classification",
     "load_model_config": "bertforge.model.config",
     "MaskedLMOutput": "bertforge.model.modernbert",
     "ModernBertForMaskedLM": "bertforge.model.modernbert",

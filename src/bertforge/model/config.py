@@ -98,6 +98,35 @@ class ModernBertConfig:
         return layer % self.global_attn_every_n_layers == 0
 
 
+@dataclass
+class ClassifierConfig:
+    """The sequence-classification head on top of the encoder: transformers' ModernBertForSequenceClassification
+    keys, so a fine-tuned model round-trips through its config.json."""
+
+    labels: list[str]
+    """Label names, in id order; one name for regression (a single output)."""
+    problem_type: Literal["single_label_classification", "multi_label_classification", "regression"] = \
+        "single_label_classification"
+    """Cross-entropy over the labels, independent sigmoids (BCE) per label, or mean squared error."""
+    pooling: Literal["cls", "mean"] = "mean"
+    """The sequence vector: the first token's ([CLS]) final state, or the mean over the sequence's tokens."""
+    dropout: float = 0.0
+    """Dropout before the classifier."""
+
+    def __post_init__(self) -> None:
+        if not self.labels:
+            raise ConfigError("'labels' must name at least one label")
+        if (self.problem_type == "regression") != (len(self.labels) == 1):
+            raise ConfigError(f"regression has exactly one output and classification at least two labels; got "
+                              f"problem_type {self.problem_type!r} with labels {self.labels}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"'dropout' must be in [0, 1), got {self.dropout}")
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+
 def load_model_config(name_or_path: str | Path, overrides: list[str] | None = None) -> ModernBertConfig:
     """Read a preset name (tiny, base, large) or a YAML file, with ``key=value`` overrides applied."""
     from omegaconf import OmegaConf

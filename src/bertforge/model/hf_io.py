@@ -2,7 +2,8 @@
 
 Our module names equal transformers', so weights map key for key; the only differences are that the tied
 decoder weight is not stored and layer 0 has no attn_norm. A directory we write loads in
-``transformers.AutoModelForMaskedLM`` with no missing or unexpected keys, and one transformers wrote loads here.
+``transformers.AutoModelForMaskedLM`` (or ``AutoModelForSequenceClassification``, for a fine-tuned classifier)
+with no missing or unexpected keys, and one transformers wrote loads here.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from bertforge.atomic import atomic_path, write_text_atomic
 from bertforge.errors import CheckpointError
-from bertforge.model.config import ModernBertConfig
+from bertforge.model.classification import ModernBertForSequenceClassification
+from bertforge.model.config import ClassifierConfig, ModernBertConfig
 from bertforge.model.modernbert import ModernBertForMaskedLM
 
 TIED_KEY = "decoder.weight"
@@ -35,7 +37,15 @@ _HF_DEFAULTS = {"vocab_size": 50368, "hidden_size": 768, "intermediate_size": 11
                 "embedding_dropout": 0.0, "mlp_dropout": 0.0}
 
 
-def to_hf_config(config: ModernBertConfig) -> dict[str, Any]:
+def to_hf_config(config: ModernBertConfig, classifier: ClassifierConfig | None = None) -> dict[str, Any]:
+    head = {} if classifier is None else {
+        "architectures": ["ModernBertForSequenceClassification"],
+        "id2label": dict(enumerate(classifier.labels)),
+        "label2id": {name: i for i, name in enumerate(classifier.labels)},
+        "problem_type": classifier.problem_type,
+        "classifier_pooling": classifier.pooling,
+        "classifier_dropout": classifier.dropout,
+    }
     return {
         "architectures": ["ModernBertForMaskedLM"],
         "model_type": "modernbert",
@@ -64,6 +74,7 @@ def to_hf_config(config: ModernBertConfig) -> dict[str, Any]:
         "classifier_pooling": "mean",
         "torch_dtype": "float32",
         **_FIXED,
+        **head,
     }
 
 
@@ -110,7 +121,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
                           f"(found: {found})")
 
 
-def load_state_dict_checked(model: ModernBertForMaskedLM, state: dict[str, torch.Tensor], *, source: str) -> None:
+def load_state_dict_checked(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
     """Load with every mismatch reported at once by tensor name, instead of torch's first-error message."""
     expected = model.state_dict()
     state = dict(state)
@@ -137,8 +148,7 @@ def load_state_dict_checked(model: ModernBertForMaskedLM, state: dict[str, torch
     model.load_state_dict(state, strict=False)
 
 
-def load_pretrained(path: str | Path, **overrides: Any) -> ModernBertForMaskedLM:
-    path = Path(path)
+def _read_config(path: Path) -> dict[str, Any]:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{path}: no config.json; expected a HuggingFace ModernBERT directory")
@@ -147,16 +157,63 @@ def load_pretrained(path: str | Path, **overrides: Any) -> ModernBertForMaskedLM
     if "mask_token_id" not in hf and tokenizer_file.is_file():
         added = json.loads(tokenizer_file.read_text()).get("added_tokens", [])
         hf["mask_token_id"] = next((t["id"] for t in added if t["content"] == "[MASK]"), None)
-    config = from_hf_config(hf, source=str(config_file), **overrides)
+    return hf
+
+
+def load_pretrained(path: str | Path, **overrides: Any) -> ModernBertForMaskedLM:
+    path = Path(path)
+    hf = _read_config(path)
+    config = from_hf_config(hf, source=str(path / "config.json"), **overrides)
     model = ModernBertForMaskedLM(config, init=False)
     load_state_dict_checked(model, read_state_dict(path), source=str(path))
     return model
 
 
-def save_pretrained(model: ModernBertForMaskedLM, path: str | Path) -> None:
+def stored_classifier(hf: dict[str, Any]) -> ClassifierConfig | None:
+    """The classification head a config.json describes (transformers' keys), if it is a classifier's."""
+    if "ModernBertForSequenceClassification" not in (hf.get("architectures") or []):
+        return None
+    id2label = {int(i): name for i, name in (hf.get("id2label") or {}).items()}
+    labels = [id2label[i] for i in sorted(id2label)] or [f"LABEL_{i}" for i in range(hf.get("num_labels", 2))]
+    problem = hf.get("problem_type") or ("regression" if len(labels) == 1 else "single_label_classification")
+    return ClassifierConfig(labels=labels, problem_type=problem, pooling=hf.get("classifier_pooling", "cls"),
+                            dropout=hf.get("classifier_dropout", 0.0))
+
+
+def load_classifier(path: str | Path, classifier: ClassifierConfig | None = None,
+                    **overrides: Any) -> ModernBertForSequenceClassification:
+    """A HuggingFace ModernBERT directory as a classifier. A fine-tuned classifier's own head is kept when
+    ``classifier`` is None or has its labels; otherwise (a masked-LM directory, or a classifier for other labels)
+    the encoder and the pretrained head carry over and the classifier starts fresh."""
+    path = Path(path)
+    hf = _read_config(path)
+    stored = stored_classifier(hf)
+    if classifier is None and stored is None:
+        raise CheckpointError(f"{path} holds no sequence classifier; name the task's labels to start one")
+    config = from_hf_config(hf, source=str(path / "config.json"), **overrides)
+    keep_head = stored is not None and (classifier is None or classifier.labels == stored.labels)
+    return classifier_from_state(config, (stored if keep_head else classifier), read_state_dict(path),
+                                 source=str(path), keep_classifier=keep_head)
+
+
+def classifier_from_state(config: ModernBertConfig, classifier: ClassifierConfig, state: dict[str, torch.Tensor],
+                          *, source: str, keep_classifier: bool = False) -> ModernBertForSequenceClassification:
+    """A classifier whose encoder and head come from ``state`` (a masked-LM's or a classifier's weights); its
+    classifier comes from ``state`` too when ``keep_classifier``, else starts fresh. The MLM decoder is dropped."""
+    model = ModernBertForSequenceClassification(config, classifier, init=not keep_classifier)
+    weights = {k: v for k, v in state.items() if k.startswith(("model.", "head."))}
+    own = model.state_dict()
+    weights.update({k: (state if keep_classifier and k in state else own)[k] for k in own if k.startswith("classifier.")})
+    load_state_dict_checked(model, weights, source=source)
+    return model
+
+
+def save_pretrained(model: torch.nn.Module, path: str | Path) -> None:
+    """A masked LM or a classifier (``classifier_config``) as a HuggingFace directory."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items() if k != TIED_KEY}
     with atomic_path(path / "model.safetensors") as tmp:
         save_file(state, tmp, metadata={"format": "pt"})
-    write_text_atomic(path / "config.json", json.dumps(to_hf_config(model.config), indent=2) + "\n")
+    hf = to_hf_config(model.config, getattr(model, "classifier_config", None))
+    write_text_atomic(path / "config.json", json.dumps(hf, indent=2) + "\n")

@@ -9,7 +9,8 @@ from torch import nn
 from bertforge.model.config import ModernBertConfig
 
 
-def _trunc_normal(weight, std: float, cutoff: float) -> None:
+def trunc_normal(weight, std: float, cutoff: float) -> None:
+    """Normal(0, std) cut at ``cutoff`` std."""
     nn.init.trunc_normal_(weight, mean=0.0, std=std, a=-cutoff * std, b=cutoff * std)
 
 
@@ -23,10 +24,10 @@ def init_weights(model: nn.Module, config: ModernBertConfig) -> None:
         if isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
         elif isinstance(module, nn.Embedding):
-            _trunc_normal(module.weight, config.init_std, config.init_cutoff)
+            trunc_normal(module.weight, config.init_std, config.init_cutoff)
         elif isinstance(module, nn.Linear) and name != "decoder":
             std = out_std if name.endswith(".Wo") else config.init_std
-            _trunc_normal(module.weight, std, config.init_cutoff)
+            trunc_normal(module.weight, std, config.init_cutoff)
     decoder = getattr(model, "decoder", None)
     if decoder is not None and decoder.bias is not None:
         nn.init.zeros_(decoder.bias)

@@ -27,6 +27,13 @@ class MaskedLMOutput:
     """How many positions the loss averages over."""
 
 
+def unpad(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Padded (B, L) ids and mask -> the packed stream: flat ids, cu_seqlens, longest length."""
+    mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    lengths = mask.sum(dim=1, dtype=torch.int32)
+    return input_ids[mask], F.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0)), int(lengths.max())
+
+
 class ModernBertModel(nn.Module):
     def __init__(self, config: ModernBertConfig):
         super().__init__()
@@ -81,13 +88,8 @@ class ModernBertForMaskedLM(nn.Module):
 
     def _forward_padded(self, input_ids, attention_mask, labels) -> MaskedLMOutput:
         batch, length = input_ids.shape
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
-        mask = attention_mask.bool()
-        lengths = mask.sum(dim=1, dtype=torch.int32)
-        cu_seqlens = F.pad(torch.cumsum(lengths, 0, dtype=torch.int32), (1, 0))
-        flat_ids = input_ids[mask]
-        hidden = self.model(flat_ids, cu_seqlens, int(lengths.max()))
+        mask = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        hidden = self.model(*unpad(input_ids, mask))
         flat_logits = self.decoder(self.head(hidden))
         logits = flat_logits.new_zeros(batch, length, flat_logits.shape[-1])
         logits[mask] = flat_logits

@@ -223,6 +223,10 @@ class TrainConfig:
     init_tile: bool = False
     """With init_from: the directory holds a smaller ModernBERT (same vocabulary), whose weights are tiled into
     this model's larger shapes (how ModernBERT-large started from base)."""
+    init_optimizer: bool = False
+    """With init_from a research-repository checkpoint (.pt): also take its optimizer state, the AdamW moments and
+    step count of every parameter, so a branched phase continues the optimizer where it was. Where the state does
+    not fit (another optimizer, other parameters, keyed by position), the run says why and starts it fresh."""
     paths: dict[str, str] = field(default_factory=dict)
     """Named locations for ${paths.NAME} interpolation elsewhere in the config (data roots, tokenizer), so the
     paths of a chain of phases are set in one place."""
@@ -246,12 +250,21 @@ class TrainConfig:
     """Export the final model (and tokenizer) as a HuggingFace directory here."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Held-out masked-LM evaluation at an interval (off while ``eval.interval`` is empty)."""
+    downstream: list[str] = field(default_factory=list)
+    """Fine-tuning tasks to score the exported model on when the run ends: task YAMLs or suites (``glue``), as
+    ``bertforge finetune`` takes them; needs export_dir. The results table goes to <save_folder>/downstream/."""
 
     def __post_init__(self) -> None:
         self.save_folder = self.save_folder or f"runs/{self.run_name}"
         if self.global_batch_size <= 0:
             raise ConfigError(f"'global_batch_size' must be positive, got {self.global_batch_size}")
         parse_time(self.max_duration, "max_duration")
+        if self.downstream and not self.export_dir:
+            raise ConfigError("'downstream' fine-tunes the model the run exports, so set 'export_dir' too")
+        if self.init_optimizer and not (self.init_from or "").endswith(".pt"):
+            raise ConfigError(f"'init_optimizer' takes the optimizer state of a research checkpoint, so 'init_from' "
+                              f"must name its .pt file, got {self.init_from!r}; a HuggingFace directory holds none "
+                              f"(set init_optimizer: false)")
         if self.eval.interval and parse_time(self.eval.interval, "eval.interval")[1] not in ("ba", "tok"):
             raise ConfigError(f"'eval.interval' must count batches or tokens ('2000ba', '1000000000tok'), got "
                               f"{self.eval.interval!r}")
@@ -281,7 +294,7 @@ def predecessor_path(after: str, source: Path) -> Path:
     return path
 
 
-def _load_with_includes(path: Path, seen: tuple[Path, ...] = ()) -> Any:
+def load_with_includes(path: Path, seen: tuple[Path, ...] = ()) -> Any:
     from omegaconf import OmegaConf
 
     if path in seen:
@@ -295,7 +308,7 @@ def _load_with_includes(path: Path, seen: tuple[Path, ...] = ()) -> Any:
         if found is None:
             raise ConfigError(f"{path}: includes.{key} names '{target}', found neither "
                               f"{candidates[0]} nor {candidates[1]}")
-        sub = _load_with_includes(found, seen + (path,))
+        sub = load_with_includes(found, seen + (path,))
         merged = OmegaConf.merge(merged, sub if key == "." else OmegaConf.create({key: sub}))
     return OmegaConf.merge(merged, conf)
 
@@ -309,7 +322,7 @@ def load_train_config(path: str | Path, overrides: list[str] | None = None) -> T
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no config file '{path}'")
-    conf = OmegaConf.merge(_load_with_includes(path), OmegaConf.from_dotlist(list(overrides or [])))
+    conf = OmegaConf.merge(load_with_includes(path), OmegaConf.from_dotlist(list(overrides or [])))
     try:
         resolved = OmegaConf.to_container(conf, resolve=True)
     except Exception as err:  # an interpolation naming a missing key

@@ -42,8 +42,9 @@ def _read_checkpoint(path: Path, model_config: ModernBertConfig | None = None) -
     return model, run_state
 
 
-def export_model(model: ModernBertForMaskedLM, out_dir: str | Path, tokenizer: str | None = None) -> Path:
-    """Write ``model`` (and the tokenizer) as a HuggingFace directory; a model with non-finite weights is refused."""
+def export_model(model, out_dir: str | Path, tokenizer: str | None = None) -> Path:
+    """Write ``model`` (a masked LM or a classifier) and the tokenizer as a HuggingFace directory; a model with
+    non-finite weights is refused."""
     import torch
 
     broken = [name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()]

@@ -119,6 +119,8 @@ def _starting_point(config) -> str:
     if config.phase.after:
         taken = "weights and optimizer" if config.phase.load == "weights_and_optimizer" else "weights"
         return f"{taken} of {config.phase.after}"
+    if config.init_from and config.init_optimizer:
+        return f"weights and optimizer of {config.init_from}"
     return config.init_from or config.checkpoint.load_path or "a fresh initialisation"
 
 

@@ -40,33 +40,48 @@ def build_data(config: TrainConfig, world_size: int):
 
 
 def build_model(config: TrainConfig):
-    """A freshly initialised model, with ``init_from``'s weights when given."""
+    """A freshly initialised model, with ``init_from``'s weights when given, and the optimizer moments to start
+    from (``init_optimizer``), if any."""
     from bertforge.model import ModernBertForMaskedLM
 
     model = ModernBertForMaskedLM(config.model)
-    if config.init_from:
-        load_initial_weights(model, config)
-    return model
+    moments = load_initial_weights(model, config) if config.init_from else None
+    return model, moments
 
 
-def load_initial_weights(model, config: TrainConfig) -> None:
+def load_initial_weights(model, config: TrainConfig):
     """``init_from``: a HuggingFace directory's weights (tiled into the model's shapes when it holds a smaller
-    one), or a research-repository Composer checkpoint's (a .pt file)."""
+    one), or a research-repository Composer checkpoint's (a .pt file). Returns that checkpoint's optimizer moments
+    when ``init_optimizer`` asks for them and they fit (else None, saying why)."""
     from bertforge.model.hf_io import load_state_dict_checked, read_state_dict
 
     source = Path(config.init_from)
     if source.is_file():
-        from bertforge.train.research_checkpoint import optimizer_note, read_research_checkpoint
+        from composer.utils import dist
+
+        from bertforge.train.research_checkpoint import optimizer_moments, read_research_checkpoint
 
         if config.init_tile:
             raise ConfigError(f"init_tile needs init_from to be a HuggingFace directory, got the file {source}; "
                               f"export it first (`bertforge export {source} DIR --model PRESET`)")
         imported, state = read_research_checkpoint(source, config.model)
-        note = optimizer_note(state, source)
-        if note:
-            print(note, flush=True)
         load_state_dict_checked(model, imported.state_dict(), source=config.init_from)
-        return
+        moments, note = None, None
+        if not config.init_optimizer:
+            if state.get("optimizers"):
+                note = (f"{source} holds optimizer state ({', '.join(state['optimizers'])}); not carried over "
+                        f"(init_optimizer: false): the optimizer starts fresh")
+        else:
+            try:
+                moments = optimizer_moments(state, {n: p.shape for n, p in model.named_parameters()},
+                                            source=str(source))
+                note = (f"init_optimizer: {moments.optimizer}'s moments and step count ({moments.step}) carried "
+                        f"over from {source}")
+            except CheckpointError as err:
+                note = f"init_optimizer: {err}; the optimizer starts fresh"
+        if note and dist.get_global_rank() == 0:
+            print(note, flush=True)
+        return moments
     weights = read_state_dict(source)
     if config.init_tile:
         import json
@@ -77,6 +92,7 @@ def load_initial_weights(model, config: TrainConfig) -> None:
         weights = tile_state_dict(weights, small_layers, model.state_dict(), config.model.num_hidden_layers,
                                   source=config.init_from)
     load_state_dict_checked(model, weights, source=config.init_from)
+    return None
 
 
 def build_callbacks(config: TrainConfig, folder: RunFolder, loader, steps, lineage: dict, world_size: int,
@@ -203,12 +219,16 @@ def _run(config: TrainConfig, folder: RunFolder, world: int, device) -> Path:
 
     start = _on_rank_zero(lambda: _checked_starting_point(config, folder))
     loader, steps = build_data(config, world)
-    model = build_model(config)
+    model, moments = build_model(config)
     parallelism = parallelize(model, config)
     stopper, guard = StopOnSignal(), DivergenceGuard(config.stability, folder)
     callbacks = build_callbacks(config, folder, loader, steps, start.lineage, world, stopper, guard)
     trainer = build_trainer(config, folder, model, steps, callbacks, parallelism, start, device,
                             config.micro_batch_rows(world))
+    if moments is not None and start.load_path is None:  # a restart has the optimizer in its own checkpoint
+        from bertforge.train.research_checkpoint import carry_optimizer_state
+
+        carry_optimizer_state(trainer.state.model, trainer.state.optimizers[0], "model", moments)
     if dist.get_global_rank() == 0:
         write_text_atomic(folder.config, resolved_yaml(config))
 

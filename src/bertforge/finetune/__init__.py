@@ -1,0 +1,2 @@
+"""Fine-tuning on downstream tasks (GLUE and tasks a YAML file describes): data, metrics, the training loop, and
+the suite of tasks x seeds with its results table. Imports model/, data/ and train/ (never the other way)."""

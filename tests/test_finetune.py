@@ -1,0 +1,194 @@
+"""`bertforge finetune`: GLUE task loaders on files in the HF `glue` schema, metrics against scikit-learn/scipy,
+pair framing, and real fine-tunes of a pretrained export (downstream: of a run, the CLI over seeds, resume after
+SIGKILL, the saved classifier in transformers)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from helpers import ROOT, run_config
+
+from bertforge.errors import DataError
+from bertforge.finetune.config import load_task
+from bertforge.finetune.metrics import score
+from bertforge.finetune.suite import load_suite
+from bertforge.finetune.tasks import frame, load_examples
+
+BERTFORGE = str(Path(sys.executable).with_name("bertforge"))
+
+# One row of each GLUE config, field for field as the HF `glue` dataset has it (its label ids and -1 for test).
+GLUE_ROWS = {
+    "cola": {"sentence": "The book was read by me.", "label": 1},
+    "sst2": {"sentence": "a gorgeous , witty film", "label": 1},
+    "mrpc": {"sentence1": "He said the plan works .", "sentence2": "The plan works , he said .", "label": 1},
+    "stsb": {"sentence1": "A man plays a guitar .", "sentence2": "A man is playing guitar .", "label": 4.6},
+    "qqp": {"question1": "How do I learn Python ?", "question2": "What is the best way to learn Python ?",
+            "label": 1},
+    "mnli": {"premise": "The cat sat on the mat .", "hypothesis": "A cat is sitting .", "label": 0},
+    "qnli": {"question": "Where is the mat ?", "sentence": "The mat is in the hall .", "label": 0},
+    "rte": {"sentence1": "Paris is the capital of France .", "sentence2": "Paris is in France .", "label": 0},
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(sample_data):
+    from bertforge.finetune.tasks import task_tokenizer
+
+    return task_tokenizer("unused", sample_data["tokenizer"])
+
+
+@pytest.mark.parametrize("name", sorted(GLUE_ROWS))
+def test_each_glue_task_reads_its_hf_schema_and_leaves_test_labels_out(tmp_path, tokenizer, name):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    task = load_task(f"glue/{name}")
+    row = GLUE_ROWS[name]
+    rows = [row | {"idx": i} for i in range(3)] + [row | {"idx": 3, "label": -1}]  # a test-split row
+    files = {}
+    for split in (task.data.train_split, *task.data.eval_splits):
+        files[split] = tmp_path / f"{split}.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), files[split])
+    task = load_task(f"glue/{name}", ["data.hf_dataset=null", *(f"data.files.{s}={f}" for s, f in files.items())])
+    examples = load_examples(task, task.data.eval_splits[-1], tokenizer, cls_id=1, sep_id=2)
+    assert examples.labels == [row["label"]] * 3 and examples.left_out == 1
+    texts = [tokenizer.encode(row[f], add_special_tokens=False).ids for f in task.data.text_fields]
+    expected = [1, *texts[0], 2] + ([*texts[1], 2] if len(texts) == 2 else [])
+    assert examples.ids[0] == expected
+
+
+def test_label_names_in_local_files_map_to_ids_and_a_wrong_one_is_named(tmp_path, tokenizer):
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"text": "x y", "label": label}) + "\n" for label in ["b", "a", "b"]))
+    task_file = tmp_path / "task.yaml"
+    task_file.write_text(yaml.safe_dump({"name": "t", "data": {"files": {"train": "train.jsonl",
+                                                                          "validation": "train.jsonl"},
+                                                                "text_fields": ["text"]},
+                                         "head": {"labels": ["a", "b"]}}))
+    assert load_examples(load_task(task_file), "train", tokenizer, 1, 2).labels == [1, 0, 1]
+    path.write_text(json.dumps({"text": "x", "label": "c"}) + "\n")
+    with pytest.raises(DataError, match=r"task.yaml: split 'train', row 0: label 'c' is not one of head.labels"):
+        load_examples(load_task(task_file), "train", tokenizer, 1, 2)
+    with pytest.raises(DataError, match=r"has no field\(s\) \['sentence'\] \(its fields: text, label\)"):
+        load_examples(load_task(task_file, ["data.text_fields=[sentence]"]), "train", tokenizer, 1, 2)
+
+
+def test_metrics_equal_their_definitions():
+    labels = np.array([1, 1, 0, 0, 1, 0, 1, 1])
+    predicted = np.array([1, 0, 0, 1, 1, 0, 1, 0])
+    tp, tn, fp, fn = 3, 2, 1, 2
+    assert score("accuracy", predicted, labels) == pytest.approx(5 / 8)
+    assert score("f1", predicted, labels) == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    mcc = (tp * tn - fp * fn) / np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+    assert score("matthews", predicted, labels) == pytest.approx(mcc)
+    x, y = np.array([0.1, 2.0, 3.5, 1.0, 4.9]), np.array([0.0, 1.5, 4.0, 2.0, 5.0])
+    assert score("pearson", x, y) == pytest.approx(np.corrcoef(x, y)[0, 1])
+    ranks = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
+    assert score("spearman", x, y) == pytest.approx(np.corrcoef(*ranks)[0, 1])
+    multi_true, multi_pred = np.array([[1, 0, 1], [0, 1, 0]]), np.array([[1, 0, 0], [0, 1, 1]])
+    assert score("f1_micro", multi_pred, multi_true) == pytest.approx(2 * 2 / (2 * 2 + 1 + 1))
+
+
+def test_pairs_are_cut_longest_first():
+    assert frame([[5] * 10, [6] * 3], 8, 1, 2) == [1, *[5] * 5, 2, *[6] * 3, 2]
+    assert frame([[5] * 9, [6] * 10], 8, 1, 2) == [1, *[5] * 4, 2, *[6] * 4, 2]
+    assert frame([[5] * 10], 4, 1, 2) == [1, 5, 5, 5, 5, 2]
+
+
+def test_suite_order_and_bad_task_names():
+    order = [t.name for t in load_suite("glue")]
+    assert order.index("mnli") < min(order.index(n) for n in ("rte", "mrpc", "stsb"))
+    with pytest.raises(Exception, match=r"no task\(s\) named \['wnli'\]"):
+        load_suite("glue", only=["wnli"])
+
+
+@pytest.fixture(scope="module")
+def source_task(tmp_path_factory, sample_data) -> Path:
+    """The sample corpus's "which source" task, from the test slice of the corpus (disjoint documents)."""
+    out = tmp_path_factory.mktemp("source-task")
+    subprocess.run([sys.executable, str(ROOT / "data_prep/make_source_task.py"), str(sample_data["recipe"]),
+                    str(out), "--per-source", "200", "--chars", "300", "--dev-share", "0.3"],
+                   check=True, capture_output=True, timeout=600)
+    train = [json.loads(line)["text"] for line in (out / "train.jsonl").read_text().splitlines()]
+    dev = [json.loads(line)["text"] for line in (out / "validation.jsonl").read_text().splitlines()]
+    assert not set(train) & set(dev) and len(dev) >= 90
+    task = yaml.safe_load((ROOT / "yamls/finetune/sample-source.yaml").read_text())
+    task["data"]["files"] = {"train": str(out / "train.jsonl"), "validation": str(out / "validation.jsonl")}
+    task["train"]["seeds"] = 2
+    (out / "task.yaml").write_text(yaml.safe_dump(task))
+    return out / "task.yaml"
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory, sample_data, source_task) -> Path:
+    """A short pretraining run whose phase file names the source task as `downstream:`: it trains, exports, and
+    fine-tunes its export."""
+    tmp = tmp_path_factory.mktemp("pretrained")
+    config = run_config(tmp, sample_data, "pre", export_dir=str(tmp / "export"), downstream=[str(source_task)],
+                        max_duration="24576tok")
+    result = subprocess.run([BERTFORGE, "train", str(config), "checkpoint.interval=100ba"], capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| sample-source | validation | accuracy * |" in result.stdout
+    return tmp
+
+
+def test_downstream_tasks_of_a_run_score_its_export_above_chance(pretrained):
+    table = json.loads((pretrained / "pre" / "downstream" / "results.json").read_text())
+    (accuracy,) = [r for r in table["rows"] if r["metric"] == "accuracy"]
+    assert accuracy["seeds"] == 2 and table["average"] == accuracy["mean"]
+    assert accuracy["mean"] > 60, table  # three classes: chance is about 33%
+    for seed in (17, 18):
+        result = json.loads((pretrained / "pre/downstream/sample-source" / f"seed{seed}/result.json").read_text())
+        assert result["train_examples"] == 600 and len(result["epochs"]) == 5
+        best = max(result["epochs"], key=lambda e: e["scores"]["validation"]["accuracy"])
+        assert result["best_epoch"] == best["epoch"] and result["scores"] == best["scores"]
+
+
+def test_fine_tuned_model_loads_in_transformers_with_equal_logits(pretrained):
+    from transformers import AutoModelForSequenceClassification
+
+    from bertforge.model import ModernBertForSequenceClassification
+
+    saved = pretrained / "pre/downstream/sample-source/seed17/model"
+    hf = AutoModelForSequenceClassification.from_pretrained(saved, attn_implementation="sdpa").eval()
+    ours = ModernBertForSequenceClassification.from_pretrained(saved).eval()
+    assert hf.config.id2label == {0: "code", 1: "web", 2: "science"}
+    ids = torch.randint(5, 2048, (3, 50))
+    mask = torch.arange(50)[None] < torch.tensor([[50], [31], [9]])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids, attention_mask=mask).logits,
+                                   hf(input_ids=ids, attention_mask=mask.long()).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_finetune_resumes_after_sigkill_skipping_finished_seeds(tmp_path, pretrained, source_task):
+    """Killed while its second seed trains, the rerun skips the first (its result untouched) and completes."""
+    out = tmp_path / "ft"
+    command = [BERTFORGE, "finetune", str(source_task), str(pretrained / "export"), "--out", str(out),
+               "train.epochs=1"]
+    proc = subprocess.Popen(command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "sample-source/seed17/result.json"
+    deadline = time.time() + 600
+    while time.time() < deadline and not first.exists():
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert first.exists() and not (out / "sample-source/seed18/result.json").exists()
+    before = first.read_bytes()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sample-source seed 17: done already" in result.stdout
+    assert "sample-source seed 18: fine-tuning" in result.stdout
+    assert first.read_bytes() == before and (out / "sample-source/seed18/result.json").exists()
+    assert "| sample-source | validation | accuracy * |" in (out / "results.md").read_text()
+    # Other settings into the same folder are refused, not mixed into the table.
+    changed = subprocess.run([*command[:-1], "train.epochs=2"], capture_output=True, text=True, timeout=600)
+    assert changed.returncode == 2 and "is the result of other settings or another model" in changed.stderr
