@@ -3,6 +3,7 @@ examples, same batch size and optimizer settings, one after the other in one pro
 
     python data_prep/make_source_task.py data_prep/sample.yaml data/sample/source-task   # once
     python bench/finetune_throughput.py                      # a fresh tiny model, 2,048 passages, CPU
+    python bench/finetune_throughput.py --vary-lengths                    # texts cut to random lengths
     python bench/finetune_throughput.py --model runs/quickstart/hf --max-examples 4096 --json out.json
 
 Ours: ``bertforge.finetune.loop.train_seed`` (its training time only: examples / seconds). Theirs:
@@ -75,6 +76,18 @@ def padded_share(lengths: list[int], batch: int, seed: int) -> float:
     return 1 - real / slots
 
 
+def varied_copy(task, out: Path) -> Path:
+    """The task's training file with each text cut to a length drawn uniformly from 20 characters to its own."""
+    import random
+
+    rng = random.Random(0)
+    rows = [json.loads(line) for line in task.file(task.data.train_split).read_text().splitlines()]
+    field = task.data.text_fields[0]
+    out.write_text("".join(json.dumps(r | {field: r[field][:rng.randint(20, max(20, len(r[field])))]}) + "\n"
+                           for r in rows))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--task", default="yamls/finetune/sample-source.yaml")
@@ -83,11 +96,17 @@ def main() -> None:
     parser.add_argument("--tokenizer", default="data/sample/tokenizer", help="for the fresh model")
     parser.add_argument("--max-examples", type=int, default=2048)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--vary-lengths", action="store_true",
+                        help="cut each training text to a random length (like GLUE's sentences and pairs) instead "
+                             "of the task's near-uniform passages")
     parser.add_argument("--json", help="also write the summary here")
     args = parser.parse_args()
-    task = load_task(args.task, [f"data.max_train_examples={args.max_examples}", f"train.epochs={args.epochs}",
-                                 "train.seeds=1"])
+    overrides = [f"data.max_train_examples={args.max_examples}", f"train.epochs={args.epochs}", "train.seeds=1"]
     with tempfile.TemporaryDirectory() as tmp:
+        task = load_task(args.task, overrides)
+        if args.vary_lengths:
+            overrides.append(f"data.files.{task.data.train_split}={varied_copy(task, Path(tmp) / 'varied.jsonl')}")
+            task = load_task(args.task, overrides)
         model_dir = Path(args.model) if args.model else fresh_model(Path(tmp) / "model", args.preset,
                                                                     args.tokenizer)
         cls_id, sep_id = json.loads((model_dir / "config.json").read_text())["cls_token_id"], \
@@ -97,13 +116,13 @@ def main() -> None:
         ours = train_seed(task, model_dir, task.train.seed, Path(tmp) / "ours", log=lambda _: None)
         theirs = transformers_trainer(task, model_dir, examples, Path(tmp) / "hf")
     lengths = [len(x) for x in examples.ids]
-    summary = {"task": task.name, "model": str(args.model or f"fresh {args.preset}"), "examples": len(lengths),
+    summary = {"task": task.name + (" (lengths varied)" if args.vary_lengths else ""), "model": str(args.model or f"fresh {args.preset}"), "examples": len(lengths),
                "epochs": args.epochs, "batch_size": task.train.batch_size, "mean_length": sum(lengths) / len(lengths),
                "padding_share_hf": padded_share(lengths, task.train.batch_size, task.train.seed),
                "ours_examples_per_s": ours["examples_per_s"], "transformers_examples_per_s": theirs["examples_per_s"],
                "ratio": ours["examples_per_s"] / theirs["examples_per_s"], "threads": torch.get_num_threads(),
                "device": "cuda" if torch.cuda.is_available() else "cpu"}
-    print(f"{summary['model']} on {task.name}: {len(lengths):,} examples x {args.epochs} epoch(s), batch "
+    print(f"{summary['model']} on {summary['task']}: {len(lengths):,} examples x {args.epochs} epoch(s), batch "
           f"{task.train.batch_size}, mean length {summary['mean_length']:.0f} tokens (padding would be "
           f"{summary['padding_share_hf']:.0%} of a padded batch): bertforge {ours['examples_per_s']:,.1f} "
           f"examples/s, transformers Trainer {theirs['examples_per_s']:,.1f} examples/s, ratio "

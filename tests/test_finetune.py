@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import ROOT, run_config
+from helpers import ROOT, run_config, wandb_runs
 
 from bertforge.errors import DataError
 from bertforge.finetune.config import load_task
@@ -123,6 +123,7 @@ def source_task(tmp_path_factory, sample_data) -> Path:
     task = yaml.safe_load((ROOT / "yamls/finetune/sample-source.yaml").read_text())
     task["data"]["files"] = {"train": str(out / "train.jsonl"), "validation": str(out / "validation.jsonl")}
     task["train"]["seeds"] = 2
+    task["wandb"] = {"enabled": True, "project": "bertforge-tests"}  # offline (conftest)
     (out / "task.yaml").write_text(yaml.safe_dump(task))
     return out / "task.yaml"
 
@@ -151,6 +152,11 @@ def test_downstream_tasks_of_a_run_score_its_export_above_chance(pretrained):
         assert result["train_examples"] == 600 and len(result["epochs"]) == 5
         best = max(result["epochs"], key=lambda e: e["scores"]["validation"]["accuracy"])
         assert result["best_epoch"] == best["epoch"] and result["scores"] == best["scores"]
+        # One W&B run per seed, every epoch's loss and scores logged.
+        ((config, history),) = wandb_runs(pretrained / "pre/downstream/sample-source" / f"seed{seed}").values()
+        assert config["name"] == "sample-source" and config["seed"] == seed
+        assert [h["validation/accuracy"] for h in history] == \
+            [e["scores"]["validation"]["accuracy"] for e in result["epochs"]]
 
 
 def test_fine_tuned_model_loads_in_transformers_with_equal_logits(pretrained):

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from bertforge.errors import DataError
+from bertforge.finetune import say
 from bertforge.finetune.config import TaskConfig
 from bertforge.finetune.metrics import predictions, score
 from bertforge.finetune.tasks import Examples, load_examples, task_tokenizer
@@ -68,7 +69,8 @@ def evaluate(model, examples: Examples, task: TaskConfig, autocast) -> dict[str,
 
 
 def train_seed(task: TaskConfig, start: str | Path, seed: int, out: Path, *, tokenizer: str | None = None,
-               log: Callable[[str], None] = print, on_epoch: Callable[[dict], None] | None = None) -> dict:
+               log: Callable[[str], None] = say,
+               on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Fine-tune ``start`` on ``task`` with ``seed``; saves the best epoch's model in ``out/model`` and returns its
     scores. ``on_epoch`` gets each epoch's record (W&B)."""
     from bertforge.train.export import export_model

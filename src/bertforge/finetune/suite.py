@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bertforge.atomic import write_text_atomic
+from bertforge.finetune import say
 from bertforge.finetune.config import TaskConfig, load_task
 from bertforge.paths import YAMLS_DIR
 from bertforge.schema import ConfigError
@@ -56,7 +57,7 @@ def fingerprint(task: TaskConfig, start: str) -> str:
 
 
 def run_suite(tasks: list[TaskConfig], model: str | Path, out: str | Path, *, tokenizer: str | None = None,
-              log: Callable[[str], None] = print) -> dict:
+              log: Callable[[str], None] = say) -> dict:
     """Run every seed of every task not yet done in ``out``; returns (and writes) the results table."""
     from bertforge.finetune.loop import train_seed
 

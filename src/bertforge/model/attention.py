@@ -60,15 +60,35 @@ def _sdpa_varlen(qkv: torch.Tensor, layout: SequenceLayout, half_window: int | N
     groups, ungroup = layout.length_groups()
     outputs = []
     for group in groups:
-        q, k, v = qkv[group.gather].permute(2, 0, 3, 1, 4).unbind(0)  # each (n, heads, width, head_dim)
-        width = group.gather.shape[1]
+        # index_select, whose backward is an index_add, instead of advanced indexing (a much slower index_put)
+        n, width = group.gather.shape
+        grid = qkv.index_select(0, group.gather.reshape(-1)).view(n, width, *qkv.shape[1:])
+        q, k, v = grid.permute(2, 0, 3, 1, 4).unbind(0)  # each (n, heads, width, head_dim)
         if half_window is None or width <= half_window + 1:
             mask = None if group.all_full else group.valid[:, None, None, :]
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+        elif width <= _DENSE_BAND_WIDTH * half_window:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=_band_mask(group.valid, half_window),
+                                                 dropout_p=dropout_p)
         else:
             out = sliding_window_attention(q, k, v, group.lengths, half_window, dropout_p)
-        outputs.append(out.transpose(1, 2)[group.valid])
-    return torch.cat(outputs)[ungroup]
+        outputs.append(out.transpose(1, 2).reshape(n * width, *out.shape[1:2], out.shape[-1])
+                       .index_select(0, group.valid_slots))
+    return torch.cat(outputs).index_select(0, ungroup)
+
+
+# Up to this many half-windows wide, a local layer's grid is cheaper as one dense call with a band mask (width^2
+# scores) than as blocks of three half-windows (3 x half_window x width scores, plus the unfold and its backward).
+_DENSE_BAND_WIDTH = 3
+
+
+def _band_mask(valid: torch.Tensor, half_window: int) -> torch.Tensor:
+    """(n, 1, width, width): keys within ``half_window`` of the query and inside the sequence; each query sees
+    itself too, so padding queries' (discarded) rows stay finite."""
+    width = valid.shape[1]
+    pos = torch.arange(width, device=valid.device)
+    distance = (pos[:, None] - pos[None, :]).abs()
+    return (((distance <= half_window)[None] & valid[:, None, :]) | (distance == 0)[None])[:, None]
 
 
 def sliding_window_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor,

@@ -32,6 +32,8 @@ class LengthGroup:
     """(n, max_len) True where a slot holds a real token."""
     all_full: bool
     """No padding in the grid, so the key mask can be skipped."""
+    valid_slots: torch.Tensor
+    """Flat indices of the real slots of the (n x max_len) grid, in grid order."""
 
 
 @dataclass
@@ -95,7 +97,8 @@ def _group_by_length(cu_seqlens: torch.Tensor) -> tuple[list[LengthGroup], torch
         valid = slots[None, :] < lens[:, None]
         gather = torch.where(valid, starts[:, None] + slots[None, :], torch.zeros_like(valid, dtype=torch.long))
         groups.append(LengthGroup(gather=gather, lengths=lens, valid=valid,
-                                  all_full=all(lengths[s] == width for s in seqs)))
+                                  all_full=all(lengths[s] == width for s in seqs),
+                                  valid_slots=valid.reshape(-1).nonzero().squeeze(1)))
         order.append(gather[valid])
     grouped_order = torch.cat(order)
     ungroup = torch.empty_like(grouped_order)
