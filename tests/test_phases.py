@@ -295,7 +295,9 @@ def test_a_larger_model_trains_from_tiled_smaller_weights(tmp_path, sample_data)
 def test_shipped_continuation_recipes_resolve_and_plan(name, init_from):
     config = load_train_config(ROOT / f"yamls/continue/{name}.yaml")
     assert config.init_from == init_from and count_parameters(build_on_meta(config.model)) == PUBLISHED["base"]
-    assert config.schedule.decays and config.schedule.warmup_tokens > 0  # a fresh optimizer warms up
+    # The decay branched from the released stable phase takes its optimizer and needs no warmup; a fresh one warms up.
+    assert config.init_optimizer == (name == "decay-from-released")
+    assert config.schedule.decays and (config.schedule.warmup_tokens > 0) != config.init_optimizer
     plan = plan_chain(load_chain(ROOT / f"yamls/continue/{name}.yaml"), ranks=8)[-1]
     assert plan.tokens == config.total_tokens
     assert plan.milestones[-1].lr == pytest.approx(config.optimizer.lr * 0.001)
