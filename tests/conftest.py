@@ -43,3 +43,25 @@ def sample_data(tmp_path_factory) -> dict:
     train_tokenizer(recipe_texts(recipe), 2048, tokenizer)
     stats = prepare(recipe, progress=False)
     return {"root": out, "recipe": recipe_path, "tokenizer": str(tokenizer), "mds": out / "mds", "stats": stats}
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A moto S3 server on 127.0.0.1 with a bucket 'bertforge'; this process (and its children) point at it."""
+    from tests.s3_server import S3Server, require_moto
+
+    require_moto()
+    server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log")
+    server.start()
+    saved = {key: os.environ.get(key) for key in server.env}
+    os.environ.update(server.env)
+    try:
+        server.make_bucket("bertforge")
+        yield server
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()

@@ -4,6 +4,7 @@ Without Slurm installed (or not as root, which slurmd needs) the cluster tests s
 (CI=true) that is a failure, since .ci/run installs the packages.
 """
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import read_metrics, run_config
+from helpers import read_metrics, run_config, tree_bytes
 from slurm_cluster import SlurmCluster, missing_binaries
 
 BERTFORGE = str(Path(sys.executable).with_name("bertforge"))
@@ -281,3 +282,41 @@ def test_usr1_while_torch_is_still_importing_stops_at_the_first_step(tmp_path, s
     assert process.returncode == 75, stderr[-3000:]
     assert "stopped by SIGUSR1 after batch 1," in stderr
     assert sorted(p.name for p in (tmp_path / "early").glob("ep*-ba*-rank0.pt")) == ["ep0-ba1-rank0.pt"]
+
+
+def _prep_slurm(recipe: Path, cluster: SlurmCluster) -> tuple[str, str, str]:
+    """`bertforge prep --slurm --submit` over 2 nodes x 1 task; returns its output, the array and finishing job."""
+    result = subprocess.run([BERTFORGE, "prep", str(recipe), "--slurm", "--nodes", "2", "--tasks-per-node", "1",
+                             "--submit"], capture_output=True, text=True, timeout=300, env=cluster.env)
+    assert result.returncode == 0, result.stderr + cluster.logs()
+    array, finish = result.stdout.strip().splitlines()[-1].removeprefix("submitted array job ").split(
+        " and finishing job ")
+    return result.stdout, array, finish
+
+
+def test_prep_over_a_slurm_array_matches_a_local_prep_after_a_task_is_killed(tmp_path, sample_data, cluster):
+    """Two array tasks share the recipe's units; one is cancelled at once, so the finishing step names what it
+    left and fails; the same command then resubmits that task alone, and the result is the local prep's bytes."""
+    import yaml
+
+    recipe = yaml.safe_load(sample_data["recipe"].read_text())
+    recipe.update(out_dir=str(tmp_path / "mds"), workers=1)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+
+    out, array, finish = _prep_slurm(path, cluster)
+    assert "2 of 2 array task(s) have units to prepare (0,1)" in out
+    subprocess.run(["scancel", f"{array}_1"], env=cluster.env, check=True)  # running or still pending
+    assert cluster.wait_for_job(finish, timeout=300)["JobState"] == "FAILED"
+    log = (tmp_path / "mds" / "slurm" / f"prep-finish-{finish}.out").read_text()
+    assert "are not finished" in log and "--submit` again" in log, log
+    assert not (tmp_path / "mds" / "web" / "index.json").exists()
+
+    out, array, finish = _prep_slurm(path, cluster)
+    assert "1 of 2 array task(s) have units to prepare (1)" in out, out
+    assert cluster.wait_for_job(finish, timeout=300)["JobState"] == "COMPLETED", cluster.logs()
+    for source in sample_data["stats"]:
+        local, spread = tree_bytes(sample_data["mds"] / source), tree_bytes(tmp_path / "mds" / source)
+        assert spread.keys() == local.keys()
+        assert {n: hashlib.sha256(b).hexdigest() for n, b in spread.items()} == \
+               {n: hashlib.sha256(b).hexdigest() for n, b in local.items()}

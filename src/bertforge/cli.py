@@ -30,11 +30,35 @@ def _model_init(args: argparse.Namespace) -> None:
 
 
 def _prep(args: argparse.Namespace) -> None:
-    from bertforge.data.prep import prepare, summarize
+    from bertforge.data.prep import Share, prepare, summarize
     from bertforge.data.recipe import load_recipe
 
-    print(summarize(prepare(load_recipe(args.recipe, args.overrides), progress=not args.no_progress,
-                            force=args.force)))
+    if args.slurm:
+        _prep_slurm(args)
+        return
+    share = None
+    if args.share:
+        index, _, count = args.share.partition("/")
+        share = Share(int(index), int(count))
+    results = prepare(load_recipe(args.recipe, args.overrides), progress=not args.no_progress, force=args.force,
+                      share=share, work=not args.finish, finish=share is None)
+    if share is None:
+        print(summarize(results))
+    else:
+        print(f"share {share.index}/{share.count} prepared; the finishing step writes the sources' indexes")
+
+
+def _prep_slurm(args: argparse.Namespace) -> None:
+    from bertforge.slurm import PrepJob, prepare_prep_job, submit_prep
+
+    job = PrepJob(nodes=args.nodes, tasks_per_node=args.tasks_per_node, partition=args.partition, time=args.time,
+                  account=args.account)
+    array, finish, what = prepare_prep_job(args.recipe, args.overrides, job, submit=args.submit)
+    print(what)
+    print(f"saved {array or '(no array job)'} and {finish}")
+    if args.submit:
+        array_id, finish_id = submit_prep(array, finish)
+        print(f"submitted array job {array_id or '(none)'} and finishing job {finish_id}")
 
 
 def _verify(args: argparse.Namespace) -> None:
@@ -72,10 +96,11 @@ def _eval_mlm(args: argparse.Namespace) -> None:
     config = EvalConfig(max_tokens=args.max_tokens, rows=args.rows, mask_rate=args.mask_rate, seed=args.seed)
     seq_len = args.seq_len or model.config.max_position_embeddings
     sets = []
-    for folder in (Path(d) for d in args.data.split(",") if d):
-        name = folder.parent.name if folder.name == "eval" else folder.name
-        tokenizer = args.tokenizer or _dataset_tokenizer(folder, model_path)
-        sets.append(load_eval_set(name, str(folder), tokenizer, config, seq_len, model.config.vocab_size))
+    for dataset in (d.rstrip("/") for d in args.data.split(",") if d):
+        parts = dataset.split("/")
+        name = parts[-2] if parts[-1] == "eval" and len(parts) > 1 else parts[-1]
+        tokenizer = args.tokenizer or _dataset_tokenizer(dataset, model_path)
+        sets.append(load_eval_set(name, dataset, tokenizer, config, seq_len, model.config.vocab_size))
     result = evaluate(model, sets)
     if args.json:
         print(json.dumps(result, indent=1))
@@ -86,18 +111,24 @@ def _eval_mlm(args: argparse.Namespace) -> None:
               f"{row['predictions']:>12,}")
 
 
-def _dataset_tokenizer(folder, model_path) -> str:
-    """The tokenizer beside an exported model, else the one a prepared dataset records."""
+def _dataset_tokenizer(dataset: str, model_path) -> str:
+    """The tokenizer beside an exported model, else the one a prepared dataset (a folder or a URL) records."""
     import json
+    from pathlib import Path
+
+    from bertforge.store import RemoteFolder, is_remote
 
     if (model_path / "tokenizer.json").is_file():
         return str(model_path)
-    stats = folder / "stats.json"
-    if stats.is_file() and "provenance" in (recorded := json.loads(stats.read_text())):
+    if is_remote(dataset):
+        text = RemoteFolder(dataset).read_text("stats.json")
+    else:
+        text = (Path(dataset) / "stats.json").read_text() if (Path(dataset) / "stats.json").is_file() else None
+    if text and "provenance" in (recorded := json.loads(text)):
         return recorded["provenance"]["tokenizer"]
     from bertforge.schema import ConfigError
 
-    raise ConfigError(f"{folder}: no tokenizer recorded (no stats.json provenance) and none beside the model; "
+    raise ConfigError(f"{dataset}: no tokenizer recorded (no stats.json provenance) and none beside the model; "
                       f"pass --tokenizer")
 
 
@@ -244,6 +275,19 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--force", action="store_true",
                       help="prepare again the units made from other inputs, another tokenizer or another max_seq_len "
                            "(default: refuse them)")
+    spread = prep.add_argument_group("over a Slurm cluster (an array job, then a finishing step)")
+    spread.add_argument("--slurm", action="store_true", help="write the array job's and finishing step's sbatch "
+                        "scripts (under the prep's slurm/ folder) instead of preparing here")
+    spread.add_argument("--nodes", type=int, default=1, help="nodes' worth of array tasks")
+    spread.add_argument("--tasks-per-node", type=int, default=1,
+                        help="array tasks per node, each running the recipe's workers")
+    spread.add_argument("--partition")
+    spread.add_argument("--time", help="time limit of each array task (Slurm syntax)")
+    spread.add_argument("--account")
+    spread.add_argument("--submit", action="store_true", help="also sbatch them (only the array tasks with "
+                        "unfinished units: the same command reruns what a failed task left)")
+    spread.add_argument("--share", help=argparse.SUPPRESS)  # INDEX/COUNT: what one array task runs
+    spread.add_argument("--finish", action="store_true", help=argparse.SUPPRESS)  # the finishing step
     prep.set_defaults(func=_prep)
 
     verify = commands.add_parser("verify", help="check a prepared dataset: every shard present, sized and hashed as "

@@ -1,5 +1,6 @@
 """`bertforge slurm`: render a run's sbatch script from slurm/bertforge.sbatch, check it against the cluster,
-save it next to the run and submit it.
+save it next to the run and submit it; and `bertforge prep --slurm`: a data prep as an array job
+(slurm/prep.sbatch) and a finishing step.
 
 Everything that can be checked before the job waits in the queue is checked here: the run, by the same preflight
 `bertforge train` runs (with the job's ranks and device), and the partition's nodes and GPUs; so a mistake costs
@@ -19,9 +20,10 @@ from pathlib import Path
 from bertforge.atomic import write_text_atomic
 from bertforge.paths import REPO_ROOT
 from bertforge.schema import ConfigError
-from bertforge.train.run_folder import RunFolder
+from bertforge.train.run_folder import RunFolder, open_run_folder
 
 TEMPLATE = REPO_ROOT / "slurm" / "bertforge.sbatch"
+PREP_TEMPLATE = REPO_ROOT / "slurm" / "prep.sbatch"
 _FIELD = re.compile(r"{{(\w+)}}")
 
 
@@ -90,12 +92,98 @@ def render_script(config_path: str | Path, overrides: list[str], job: SlurmJob, 
         "train_command": shlex.join(command),
         "requeue_exit_code": str(REQUEUE_EXIT_CODE),
     }
+    return fill_template(template, fields)
+
+
+def fill_template(template: Path, fields: dict[str, str]) -> str:
     text = template.read_text()
     unknown = sorted(set(_FIELD.findall(text)) - set(fields))
     if unknown:
         raise ConfigError(f"{template}: unknown field(s) {', '.join('{{' + f + '}}' for f in unknown)}; "
                           f"the fields are {', '.join(sorted(fields))}")
     return _FIELD.sub(lambda m: fields[m.group(1)], text)
+
+
+@dataclass
+class PrepJob:
+    """`bertforge prep --slurm`: a recipe's units spread over an array of ``nodes x tasks_per_node`` tasks."""
+
+    nodes: int
+    """Nodes' worth of array tasks."""
+    tasks_per_node: int = 1
+    """Array tasks per node; each runs the recipe's ``workers`` processes, so ask for tasks_per_node x workers
+    <= cores per node."""
+    partition: str | None = None
+    time: str | None = None
+    account: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.nodes < 1 or self.tasks_per_node < 1:
+            raise ConfigError(f"--nodes and --tasks-per-node must be at least 1, not {self.nodes} and "
+                              f"{self.tasks_per_node}")
+
+    @property
+    def shares(self) -> int:
+        return self.nodes * self.tasks_per_node
+
+
+def render_prep_scripts(recipe_path: str | Path, overrides: list[str], job: PrepJob, workers: int,
+                        tasks: list[int], folder: Path, workdir: Path,
+                        template: Path = PREP_TEMPLATE) -> tuple[str, str]:
+    """The array script (one task per share in ``tasks``) and the finishing step's script."""
+    name = f"prep-{Path(recipe_path).stem}"
+    command = [sys.executable, "-m", "bertforge.cli", "prep", str(Path(recipe_path).resolve()), *overrides,
+               "--no-progress"]
+    common = [f"--partition={job.partition}" if job.partition else "", f"--time={job.time}" if job.time else "",
+              f"--account={job.account}" if job.account else ""]
+    scripts = []
+    for options, tail in (
+            ([f"--job-name={name}", f"--array={','.join(map(str, tasks))}", "--ntasks=1",
+              f"--cpus-per-task={workers}", "--requeue", f"--output={folder / 'prep-%A_%a.out'}"],
+             f'--share "$SLURM_ARRAY_TASK_ID/{job.shares}"'),
+            ([f"--job-name={name}-finish", "--ntasks=1", "--cpus-per-task=1",
+              f"--output={folder / 'prep-finish-%j.out'}"], "--finish")):
+        scripts.append(fill_template(template, {
+            "sbatch_options": "\n".join(f"#SBATCH {o}" for o in [*options, *common] if o),
+            "workdir": shlex.quote(str(workdir)),
+            "prep_command": f"{shlex.join(command)} {tail}",
+        }))
+    return scripts[0], scripts[1]
+
+
+def prepare_prep_job(recipe_path: str | Path, overrides: list[str], job: PrepJob, submit: bool
+                     ) -> tuple[Path | None, Path, str]:
+    """Check the recipe (and, to submit, the cluster), find the shares with unfinished units, write the scripts
+    under the prep's slurm folder; returns the array script (None when every unit is finished), the finishing
+    step's script, and a line saying what they do."""
+    from bertforge.data.prep import staging_folder, unfinished
+    from bertforge.data.recipe import load_recipe
+
+    recipe = load_recipe(recipe_path, overrides)
+    if submit:
+        check_against_cluster(SlurmJob(nodes=job.nodes, partition=job.partition))
+    tasks = unfinished(recipe, job.shares)
+    folder = (staging_folder(recipe) / "slurm").resolve()
+    array, finish = render_prep_scripts(recipe_path, overrides, job, recipe.workers, tasks, folder, Path.cwd())
+    folder.mkdir(parents=True, exist_ok=True)
+    array_path, finish_path = folder / "prep-array.sbatch", folder / "prep-finish.sbatch"
+    write_text_atomic(finish_path, finish)
+    if tasks:
+        write_text_atomic(array_path, array)
+    else:
+        array_path.unlink(missing_ok=True)
+    what = (f"{len(tasks)} of {job.shares} array task(s) have units to prepare ({','.join(map(str, tasks))})"
+            if tasks else f"every unit of {recipe.out_dir} is prepared; only the finishing step is left")
+    return (array_path if tasks else None), finish_path, what
+
+
+def submit_prep(array: Path | None, finish: Path) -> tuple[str | None, str]:
+    """sbatch the array, then the finishing step to start once every array task has ended (afterany: it names
+    the units a failed task left, rather than waiting for ever on a dependency that cannot be met)."""
+    array_id = submit(array) if array is not None else None
+    finish_id = _slurm("sbatch", "--parsable", *([f"--dependency=afterany:{array_id}"] if array_id else []),
+                       str(finish)).strip().split(";")[0]
+    return array_id, finish_id
 
 
 def _slurm(*command: str) -> str:
@@ -151,7 +239,8 @@ def prepare_job(config_path: str | Path, overrides: list[str], job: SlurmJob, su
     preflight(config, job.world_size, device="gpu" if job.gpus_per_node else "cpu")
     if submit:
         check_against_cluster(job)
-    folder = RunFolder(Path(config.save_folder).resolve())
+    folder = open_run_folder(config.save_folder, config.staging_folder)
+    folder.path = folder.path.resolve()
     text = render_script(config_path, overrides, job, config.run_name, folder, Path.cwd())
     script = folder.slurm / f"{config.run_name}.sbatch"
     script.parent.mkdir(parents=True, exist_ok=True)

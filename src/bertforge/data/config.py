@@ -6,17 +6,23 @@ Standard library only (plus the schema helper), so a run config loads without to
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bertforge.schema import ConfigError
+from bertforge.store import is_remote
 
 
 @dataclass
 class StreamConfig:
     local: str
-    """Directory of a prepared MDS dataset (the output of `bertforge prep` for one source), or its local cache."""
+    """Directory of a prepared MDS dataset (the output of `bertforge prep` for one source), or, with ``remote``,
+    the local cache its shards are downloaded into (one per stream; not shared with another dataset)."""
     remote: str | None = None
-    """Remote copy (s3://, gs://, ...) streamed into ``local``; None reads ``local`` in place."""
+    """The prepared dataset in an object store (s3://bucket/prefix/SOURCE, as `bertforge prep` wrote it), streamed
+    into ``local``; None reads ``local`` in place."""
     proportion: float | None = None
     """Share of the mixture; give it for every stream or for none."""
     repeat: float | None = None
@@ -57,6 +63,14 @@ class DataConfig:
     shards zstd-compressed on disk and unpacks each on first read), leaving the prepared dataset untouched. A
     stream whose folder is read-only is unpacked into a cache even when this is unset: under
     ``<system temp>/bertforge-cache``."""
+    cache_limit: str | None = None
+    """Most disk the local copies of remote streams may take ('50gb', '500mb'): streaming evicts the least recently
+    used shards past it and downloads them again when needed. It must hold at least a few shards per rank and
+    worker. None: no limit (the whole dataset ends up on local disk)."""
+    download_retry: int = 2
+    """Times a shard download from a remote stream is retried before the run fails naming the shard."""
+    download_timeout: float = 60.0
+    """Seconds one shard download may take before it counts as failed."""
     num_canonical_nodes: int = 0
     """StreamingDataset's shuffle grain; 0 means streaming's default (64 per node). Keep it fixed across a run's
     restarts, or the sample order changes."""
@@ -82,5 +96,22 @@ class DataConfig:
         for key in ("buffer_docs", "doc_batch"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"'{key}' must be at least 1, got {getattr(self, key)}")
+        if self.download_retry < 0 or self.download_timeout <= 0:
+            raise ConfigError(f"'download_retry' must be >= 0 and 'download_timeout' above 0, got "
+                              f"{self.download_retry} and {self.download_timeout}")
         if self.num_workers < 0:
             raise ConfigError(f"'num_workers' must be >= 0 (0 reads in the training process), got {self.num_workers}")
+
+
+def stream_cache(dataset: str, cache_dir: str | None) -> str:
+    """Where a dataset's shards are unpacked when not next to them: one folder per dataset (a local folder or a
+    URL) under ``cache_dir`` (default: bertforge-cache in the system's temporary folder)."""
+    root = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "bertforge-cache"
+    key = dataset if is_remote(dataset) else str(Path(dataset).resolve())
+    return str(root / hashlib.sha256(key.encode()).hexdigest()[:16])
+
+
+def stream_location(dataset: str, cache_dir: str | None) -> tuple[str, str | None]:
+    """(local, remote) of a dataset named by one path (an eval set): a folder is read in place, a URL is
+    downloaded into its cache."""
+    return (stream_cache(dataset, cache_dir), dataset) if is_remote(dataset) else (dataset, None)

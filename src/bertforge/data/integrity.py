@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bertforge.errors import DataError
+from bertforge.store import RemoteFolder
 
 SHARD_HASH = "xxh3_64"
 """The hash of every shard's compressed and raw bytes that prep records in index.json."""
@@ -47,29 +48,59 @@ def shard_files(index: dict) -> list[dict]:
 def index_hash(index: dict) -> str | None:
     """The hash every shard of the index carries, for streaming's ``validate_hash``; None for data prepared
     without hashes."""
-    stored = [shard.get("zip_data") or shard["raw_data"] for shard in index["shards"]]
+    stored = _stored_files(index)
     if stored and all(SHARD_HASH in (info.get("hashes") or {}) for info in stored):
         return SHARD_HASH
     return None
 
 
-def check_prepared_stream(name: str, local: str | Path, tokenizer: str, fingerprint: str) -> dict:
+def check_prepared_stream(name: str, local: str | Path, tokenizer: str, fingerprint: str,
+                          remote: str | None = None) -> dict:
     """A prepared stream is fit to read: each shard's stored file (its compressed form where it has one) exists
     with the size the index records, and its ids were made by ``tokenizer`` (whose ``tokenizer_fingerprint`` is
-    ``fingerprint``). Returns the index, read once."""
+    ``fingerprint``). Returns the index, read once.
+
+    With ``remote`` (an s3:// folder) the shards are checked in the store by one listing, and its index.json and
+    stats.json are fetched into ``local`` (the stream's cache, where streaming then finds the index)."""
     from bertforge.data.provenance import check_stream
 
+    if remote is not None:
+        _fetch_remote_index(name, remote, Path(local))
     index = read_index(local)
-    for shard in index["shards"]:
-        info = shard.get("zip_data") or shard["raw_data"]
-        path = Path(local) / info["basename"]
-        if not path.is_file():
+    if remote is None:
+        sizes = {info["basename"]: (Path(local) / info["basename"]).stat().st_size
+                 for info in _stored_files(index) if (Path(local) / info["basename"]).is_file()}
+    else:
+        sizes = RemoteFolder(remote).sizes()
+    for info in _stored_files(index):
+        path = f"{remote or local}/{info['basename']}"
+        if info["basename"] not in sizes:
             raise DataError(f"data.streams.{name}: shard {path} is missing; restore it or prepare this source again")
-        if path.stat().st_size != info["bytes"]:
-            raise DataError(f"data.streams.{name}: shard {path} has {path.stat().st_size} bytes, its index says "
+        if sizes[info["basename"]] != info["bytes"]:
+            raise DataError(f"data.streams.{name}: shard {path} has {sizes[info['basename']]} bytes, its index says "
                             f"{info['bytes']} (truncated or replaced); restore it or prepare this source again")
-    check_stream(name, local, tokenizer, fingerprint)
+    check_stream(name, str(local), tokenizer, fingerprint)
     return index
+
+
+def _stored_files(index: dict) -> list[dict]:
+    """The file each shard is stored as: its compressed form where it has one."""
+    return [shard.get("zip_data") or shard["raw_data"] for shard in index["shards"]]
+
+
+def _fetch_remote_index(name: str, remote: str, local: Path) -> None:
+    """index.json and stats.json of a prepared stream in an object store, copied into ``local``."""
+    folder = RemoteFolder(remote)
+    folder.check(f"data.streams.{name}.remote")
+    local.mkdir(parents=True, exist_ok=True)
+    if folder.read_text("index.json") is None:
+        raise DataError(f"data.streams.{name}: {remote}/index.json is missing: {remote} holds no prepared dataset; "
+                        f"run `bertforge prep` with out_dir in the store, or fix the URL")
+    for file in ("index.json", "stats.json"):
+        if file == "index.json" or folder.exists(file):
+            folder.download(file, local / file)
+        else:
+            (local / file).unlink(missing_ok=True)
 
 
 @dataclass

@@ -13,12 +13,11 @@ import functools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from bertforge.data.config import DataConfig, StreamConfig
+from bertforge.data.config import DataConfig, StreamConfig, stream_cache
 from bertforge.data.integrity import check_prepared_stream, index_hash
 from bertforge.data.masking import mask_tokens, random_token_pool
 from bertforge.data.packing import BestFitPacker, PackedRows
@@ -102,33 +101,24 @@ def _writable(folder: str) -> bool:
         return False
 
 
-def stream_cache(local: str, cache_dir: str | None) -> str:
-    """Where a stream's shards are unpacked when not next to them: one folder per dataset under ``cache_dir``
-    (default: bertforge-cache in the system's temporary folder)."""
-    import hashlib
-    import tempfile
-
-    root = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "bertforge-cache"
-    return str(root / hashlib.sha256(str(Path(local).resolve()).encode()).hexdigest()[:16])
-
-
 def _stream(name: str, stream: StreamConfig, config: DataConfig, fingerprint: str):
     """A streaming ``Stream`` for one configured stream, checked (``check_prepared_stream``, with the
     fingerprint of ``config.tokenizer``) before anything is read.
 
     A prepared dataset is read in place, its shards unpacked next to them, unless ``data.cache_dir`` is set or its
     folder is read-only: then the dataset is the stream's "remote" and the shards are copied and unpacked into the
-    cache, leaving it untouched. Shards hashed at prep are checked against their hash as they are unpacked.
+    cache, leaving it untouched. A stream in an object store (``remote: s3://...``) is downloaded shard by shard
+    into ``local``. Shards hashed at prep are checked against their hash as they are unpacked.
     """
     from streaming import Stream
 
-    local, remote, validate = stream.local, stream.remote, None
-    if remote is None:
-        validate = index_hash(check_prepared_stream(name, local, config.tokenizer, fingerprint))
-        if config.cache_dir or not _writable(local):
-            remote, local = local, stream_cache(local, config.cache_dir)
+    local, remote = stream.local, stream.remote
+    validate = index_hash(check_prepared_stream(name, local, config.tokenizer, fingerprint, remote=remote))
+    if remote is None and (config.cache_dir or not _writable(local)):
+        remote, local = local, stream_cache(local, config.cache_dir)
     return Stream(local=local, remote=remote, proportion=stream.proportion, repeat=stream.repeat,
-                  validate_hash=validate)
+                  validate_hash=validate, download_retry=config.download_retry,
+                  download_timeout=config.download_timeout)
 
 
 def open_stream_dataset(name: str, config: DataConfig):
@@ -189,7 +179,8 @@ class PackedMLMLoader:
         self.dataset = dataset_class(streams=streams, shuffle=config.shuffle, shuffle_seed=config.seed,
                                      batch_size=config.doc_batch,
                                      num_canonical_nodes=config.num_canonical_nodes or 64 * nodes,
-                                     replication=self.world_size if config.pack_across_ranks else None)
+                                     replication=self.world_size if config.pack_across_ranks else None,
+                                     cache_limit=config.cache_limit)
         self.packer = BestFitPacker(config.max_seq_len, config.buffer_docs)
         self.rng = np.random.default_rng([config.seed] if config.pack_across_ranks else [config.seed, self.rank])
         self.epoch = 0

@@ -36,6 +36,7 @@ from bertforge.data.tokenizer import load_tokenizer, special_ids, tokenizer_size
 from bertforge.errors import DataError
 from bertforge.folder_lock import acquire_lock, release_lock
 from bertforge.schema import ConfigError
+from bertforge.store import RemoteFolder, is_remote
 
 _BATCH = 256
 PIECE_CHARS = 1 << 20
@@ -101,6 +102,9 @@ class UnitJob:
     holdout: float
     provenance: dict
     on_bad_file: str
+    remote: str | None = None
+    """The source's folder in the object store (``out_dir/NAME``), when out_dir is one: the unit is uploaded there
+    as it completes (its unit.json last) and its shards deleted from the local staging folder."""
 
 
 def held_out(text: str, fraction: float) -> bool:
@@ -130,7 +134,8 @@ def prepare_unit(job: UnitJob) -> tuple[dict, dict]:
         flat = tok.backend_tokenizer.encode_batch([p for doc in pieces for p in doc], add_special_tokens=False)
         out, at = [], 0
         for doc in pieces:
-            out.append([i for encoding in flat[at:at + len(doc)] for i in encoding.ids])
+            # Most documents are one piece: their ids as they come, no copy.
+            out.append(flat[at].ids if len(doc) == 1 else [i for e in flat[at:at + len(doc)] for i in e.ids])
             at += len(doc)
         return out
 
@@ -182,7 +187,25 @@ def prepare_unit(job: UnitJob) -> tuple[dict, dict]:
 
 
 def _prepare_unit_job(job: UnitJob) -> tuple[str, str, tuple[dict, dict]]:
-    return job.unit.source, job.unit.key, prepare_unit(job)
+    stats = prepare_unit(job)
+    if job.remote is not None:
+        upload_unit(job)
+    return job.unit.source, job.unit.key, stats
+
+
+def upload_unit(job: UnitJob) -> None:
+    """A finished unit into the store: its held-out part, then its part with unit.json last, so that a unit is
+    complete in the store exactly when its unit.json is there. Whatever an earlier, cut-off upload left is deleted
+    first. Locally only the small index.json and unit.json stay (the merge reads them)."""
+    source = RemoteFolder(job.remote)
+    for part, local in ((f"eval/parts/{job.unit.key}", job.eval_part_dir), (f"parts/{job.unit.key}", job.part_dir)):
+        if stale := list(source.sizes(part)):
+            source.delete(stale)
+        if local.is_dir():
+            source.upload_tree(local, part, last=("unit.json",))
+            for shard in local.iterdir():
+                if shard.name not in ("index.json", "unit.json"):
+                    shard.unlink()
 
 
 def _merge_stats(parts: list[dict], max_seq_len: int) -> dict:
@@ -235,31 +258,87 @@ def _done_unit_stats(unit: Unit, part_dir: Path, provenance: dict, force: bool) 
     return None
 
 
-def prepare(recipe: PrepRecipe, *, progress: bool = True, force: bool = False) -> dict[str, dict]:
+@dataclass(frozen=True)
+class Share:
+    """One array task's share of a prep spread over a cluster: the units whose place in the recipe's unit order
+    (all sources, in order) is ``index`` modulo ``count``."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ConfigError(f"--share {self.index}/{self.count}: the index must be in 0..{self.count - 1}")
+
+    def takes(self, place: int) -> bool:
+        return place % self.count == self.index
+
+
+def staging_folder(recipe: PrepRecipe) -> Path:
+    """Where units are made: ``out_dir`` itself, or for an ``out_dir`` in an object store, ``staging_dir`` (default:
+    a folder per store URL under the system's temporary folder)."""
+    if not is_remote(recipe.out_dir):
+        return Path(recipe.out_dir)
+    if recipe.staging_dir:
+        return Path(recipe.staging_dir)
+    import hashlib
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "bertforge-prep" / hashlib.sha256(recipe.out_dir.encode()).hexdigest()[:16]
+
+
+def prepare(recipe: PrepRecipe, *, progress: bool = True, force: bool = False, share: Share | None = None,
+            work: bool = True, finish: bool = True) -> dict[str, dict]:
     """Prepare every source; returns each source's stats (also written to ``<out_dir>/<source>/stats.json``).
 
     ``force`` prepares again the units that were made from other inputs, another tokenizer or another length,
-    instead of refusing them."""
+    instead of refusing them. Spread over a cluster (`prep --slurm`), each array task makes its ``share`` of the
+    units and does not ``finish`` (returns {}); the last step does no ``work`` and finishes: it writes each
+    source's index.json and stats.json, or names the units that are still missing."""
     load_tokenizer(recipe.tokenizer)  # fail before forking workers if the tokenizer is missing
-    out_dir = Path(recipe.out_dir)
+    remote = RemoteFolder(recipe.out_dir) if is_remote(recipe.out_dir) else None
+    if remote is not None:
+        remote.check("out_dir")
+    out_dir = staging_folder(recipe)
     units_by_source = {src.name: plan_units(src, recipe.files_per_unit) for src in recipe.sources}
     for units in units_by_source.values():
         check_text_fields(units)
-    lock = out_dir / "prep.lock"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lock = out_dir / (f"prep-share{share.index}.lock" if share else "prep.lock")
     acquire_lock(lock, "bertforge prep")
     try:
-        return _prepare(recipe, units_by_source, out_dir, progress, force)
+        todo, done = _plan(recipe, units_by_source, out_dir, remote, force, share)
+        if work:
+            _run_units(recipe, [job for _, job in todo], done, progress)
+        if not finish:
+            return {}
+        return _finish(recipe, units_by_source, out_dir, remote, done)
     finally:
         release_lock(lock)
 
 
-def _prepare(recipe: PrepRecipe, units_by_source: dict[str, list], out_dir: Path, progress: bool,
-             force: bool) -> dict[str, dict]:
-    from tqdm import tqdm
+def unfinished(recipe: PrepRecipe, shares: int | None = None) -> list[str] | list[int]:
+    """The units (source/key) not yet finished in ``out_dir``; with ``shares``, the shares that hold any."""
+    remote = RemoteFolder(recipe.out_dir) if is_remote(recipe.out_dir) else None
+    if remote is not None:
+        remote.check("out_dir")
+    units_by_source = {src.name: plan_units(src, recipe.files_per_unit) for src in recipe.sources}
+    todo, _ = _plan(recipe, units_by_source, staging_folder(recipe), remote, force=False)
+    if shares is None:
+        return [f"{job.unit.source}/{job.unit.key}" for _, job in todo]
+    return sorted({place % shares for place, _ in todo})
 
+
+def _plan(recipe: PrepRecipe, units_by_source: dict[str, list], out_dir: Path, remote: RemoteFolder | None,
+          force: bool, share: Share | None = None) -> tuple[list[tuple[int, UnitJob]], dict]:
+    """The units to make (with their place in the recipe's unit order) and the stats of those already made; with
+    ``share``, of that share's units only (other array tasks are busy with the rest).
+
+    With ``remote``, the store is the record: a unit is made when its unit.json is there (its unit.json and
+    index.json are fetched into the staging folder for the merge); a unit finished locally but not uploaded whole
+    is made again."""
     fingerprint = tokenizer_fingerprint(recipe.tokenizer)
-    vocab_size, _ = tokenizer_size_and_specials(recipe.tokenizer)
-    todo, done = [], {}
+    todo, done, place = [], {}, 0
     for src in recipe.sources:
         units = units_by_source[src.name]
         if not units:
@@ -268,15 +347,44 @@ def _prepare(recipe: PrepRecipe, units_by_source: dict[str, list], out_dir: Path
         (out_dir / src.name / "parts").mkdir(parents=True, exist_ok=True)
         if src.holdout.fraction > 0:
             (out_dir / src.name / "eval" / "parts").mkdir(parents=True, exist_ok=True)
+        stored = set(remote.child(src.name).sizes("parts")) if remote is not None else set()
         for unit in units:
+            place += 1
+            if share is not None and not share.takes(place - 1):
+                continue
             part_dir = out_dir / src.name / "parts" / unit.key
+            eval_part_dir = out_dir / src.name / "eval" / "parts" / unit.key
+            if remote is not None:
+                _fetch_stored_unit(remote.child(src.name), unit.key, part_dir, eval_part_dir, stored)
             stats = _done_unit_stats(unit, part_dir, provenance, force)
             if stats is None:
-                todo.append(UnitJob(unit, recipe.tokenizer, recipe.max_seq_len, recipe.shard_size_limit, part_dir,
-                                    out_dir / src.name / "eval" / "parts" / unit.key, src.holdout.fraction,
-                                    provenance, recipe.on_bad_file))
+                todo.append((place - 1, UnitJob(unit, recipe.tokenizer, recipe.max_seq_len, recipe.shard_size_limit,
+                                            part_dir, eval_part_dir, src.holdout.fraction, provenance,
+                                            recipe.on_bad_file,
+                                            remote.child(src.name).uri if remote is not None else None)))
             else:
                 done[(src.name, unit.key)] = stats
+    return todo, done
+
+
+def _fetch_stored_unit(source: RemoteFolder, key: str, part_dir: Path, eval_part_dir: Path, stored: set) -> None:
+    """Make the staging folder agree with the store about one unit: its unit.json and index.json (and its
+    held-out part's index.json) when the store holds it whole, nothing of it otherwise."""
+    if f"parts/{key}/unit.json" not in stored:
+        shutil.rmtree(part_dir, ignore_errors=True)
+        shutil.rmtree(eval_part_dir, ignore_errors=True)
+        return
+    if (part_dir / "unit.json").is_file():
+        return
+    for part, local in ((f"parts/{key}", part_dir), (f"eval/parts/{key}", eval_part_dir)):
+        if f"{part}/index.json" in stored or source.exists(f"{part}/index.json"):
+            source.download(f"{part}/index.json", local / "index.json")
+    source.download(f"parts/{key}/unit.json", part_dir / "unit.json")
+
+
+def _run_units(recipe: PrepRecipe, todo: list[UnitJob], done: dict, progress: bool) -> None:
+    """Make the units of ``todo`` in parallel worker processes, recording their stats in ``done``."""
+    from tqdm import tqdm
 
     start, docs, tokens = time.time(), 0, 0
     bar = tqdm(total=len(todo), unit="unit", desc="prep", disable=not progress)
@@ -305,6 +413,20 @@ def _prepare(recipe: PrepRecipe, units_by_source: dict[str, list], out_dir: Path
                                 ) from None
     bar.close()
 
+
+def _finish(recipe: PrepRecipe, units_by_source: dict[str, list], out_dir: Path, remote: RemoteFolder | None,
+            done: dict) -> dict[str, dict]:
+    """Each source's index.json (every unit's shards, in unit order) and stats.json, written last (and uploaded
+    last, for an object store: a reader finds a source's index only once all of it is there)."""
+    missing = [f"{src.name}/{u.key}" for src in recipe.sources for u in units_by_source[src.name]
+               if (src.name, u.key) not in done]
+    if missing:
+        raise DataError(f"{len(missing)} unit(s) of {recipe.out_dir} are not finished ({', '.join(missing[:5])}"
+                        f"{' ...' if len(missing) > 5 else ''}): an array task failed or was cut off; submit the "
+                        f"same `bertforge prep RECIPE --slurm ... --submit` again (it reruns only the array tasks "
+                        f"with unfinished units), or run `bertforge prep RECIPE` here")
+    fingerprint = tokenizer_fingerprint(recipe.tokenizer)
+    vocab_size, _ = tokenizer_size_and_specials(recipe.tokenizer)
     results = {}
     for src in recipe.sources:
         keys = [u.key for u in units_by_source[src.name]]
@@ -313,6 +435,7 @@ def _prepare(recipe: PrepRecipe, units_by_source: dict[str, list], out_dir: Path
         stats = _merge_stats([done[(src.name, k)][0] for k in keys], recipe.max_seq_len)
         stats.update(name=src.name, kind=src.kind, max_seq_len=recipe.max_seq_len, provenance=record)
         _merge_index(source_dir, [k for k in keys if done[(src.name, k)][0]["samples"]])
+        written = ["index.json", "stats.json"]
         if src.holdout.fraction > 0:
             kept, total = [], 0
             for key in keys:  # whole units in unit order, up to the cap
@@ -325,9 +448,13 @@ def _prepare(recipe: PrepRecipe, units_by_source: dict[str, list], out_dir: Path
                               holdout=dataclasses.asdict(src.holdout), provenance=record)
             _merge_index(source_dir / "eval", kept)
             write_text_atomic(source_dir / "eval" / "stats.json", json.dumps(held_stats, indent=1) + "\n")
+            written = ["eval/index.json", "eval/stats.json", *written]
             stats["holdout"] = {**dataclasses.asdict(src.holdout), "documents": held_stats["documents"],
                                 "tokens": held_stats["tokens"]}
         write_text_atomic(source_dir / "stats.json", json.dumps(stats, indent=1) + "\n")
+        if remote is not None:
+            for name in written:
+                remote.child(src.name).upload(source_dir / name, name)
         results[src.name] = stats
     return results
 

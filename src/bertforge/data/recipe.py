@@ -70,9 +70,14 @@ class PrepRecipe:
     tokenizer: str
     """HuggingFace tokenizer name or directory."""
     out_dir: str
-    """Where each source's MDS dataset and stats.json are written."""
+    """Where each source's MDS dataset and stats.json are written: a folder, or an object store
+    (``s3://bucket/prefix``), into which each unit is uploaded as it completes."""
     sources: list[SourceConfig]
     """The sources to prepare."""
+    staging_dir: str | None = None
+    """With ``out_dir`` in an object store: the local folder units are written to before their upload (each unit's
+    shards are deleted from it once uploaded). Default: a folder per ``out_dir`` under the system's temporary
+    folder."""
     max_seq_len: int = 8192
     """Longest sequence any training phase uses; longer documents are cut into chunks of this many tokens."""
     workers: int = 2

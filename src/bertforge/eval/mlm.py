@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from bertforge.data.config import DataConfig, StreamConfig
+from bertforge.data.config import DataConfig, StreamConfig, stream_location
 from bertforge.data.loader import PackedBatch, masking_tokens, open_stream_dataset, packed_batch
 from bertforge.data.masking import mask_tokens
 from bertforge.data.packing import BestFitPacker
@@ -33,10 +33,12 @@ class EvalSet:
     tokens: int
 
 
-def load_eval_set(name: str, local: str, tokenizer: str, config: EvalConfig, seq_len: int,
+def load_eval_set(name: str, path: str, tokenizer: str, config: EvalConfig, seq_len: int,
                   vocab_size: int | None = None, cache_dir: str | None = None) -> EvalSet:
-    """The fixed masked batches of one held-out dataset."""
-    data = DataConfig(tokenizer=tokenizer, streams={name: StreamConfig(local=local)}, cache_dir=cache_dir)
+    """The fixed masked batches of one held-out dataset (a folder, or an s3:// URL read through a local cache)."""
+    local, remote = stream_location(path, cache_dir)
+    data = DataConfig(tokenizer=tokenizer, streams={name: StreamConfig(local=local, remote=remote)},
+                      cache_dir=cache_dir)
     dataset = open_stream_dataset(name, data)
     docs, total = [], 0
     for index in range(dataset.num_samples):
@@ -47,7 +49,7 @@ def load_eval_set(name: str, local: str, tokenizer: str, config: EvalConfig, seq
         total += doc.shape[0]
     del dataset
     if not docs:
-        raise DataError(f"eval stream '{name}': {local} holds no documents; prepare it with a holdout "
+        raise DataError(f"eval stream '{name}': {path} holds no documents; prepare it with a holdout "
                         f"(`holdout: {{fraction: 0.005}}` in the recipe) or point eval.streams.{name} elsewhere")
     # All rows packed and masked at once, then cut into micro-batches: the predictions do not depend on ``rows``.
     packer = BestFitPacker(seq_len, buffer_docs=len(docs))

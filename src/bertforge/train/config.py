@@ -200,7 +200,13 @@ class TrainConfig:
     data: DataConfig
     """The packed MLM loader: sources, sequence length, masking, micro-batch rows."""
     save_folder: str = ""
-    """Checkpoints, metrics.jsonl and the loss curve go here; empty means runs/<run_name>."""
+    """Checkpoints, metrics.jsonl and the loss curve go here; empty means runs/<run_name>. An object store
+    (``s3://bucket/prefix``) works too: the run writes into ``staging_folder`` and uploads each checkpoint once it
+    is complete (its checksum manifest last), and a restart, the next phase and `bertforge export` read from it."""
+    staging_folder: str | None = None
+    """With save_folder in an object store: the local folder the run writes in before uploading (it must be shared
+    by the nodes of a multi-node run, as a local save_folder must). Default: a folder per save_folder under the
+    system's temporary folder."""
     max_duration: str = "10000000tok"
     """Length of the run in Composer time; 'tok' counts real (non-padding) tokens."""
     global_batch_size: int = 8
@@ -270,10 +276,12 @@ class TrainConfig:
                               f"{self.eval.interval!r}")
 
     def eval_streams(self) -> dict[str, str]:
-        """The held-out datasets to evaluate on: eval.streams, or the eval/ split beside each local stream."""
+        """The held-out datasets to evaluate on: eval.streams, or the eval/ split beside each stream (a folder, or
+        a URL for a remote stream)."""
         if self.eval.streams:
             return dict(self.eval.streams)
-        return {name: str(Path(s.local) / "eval") for name, s in self.data.streams.items() if s.remote is None}
+        return {name: f"{s.remote.rstrip('/')}/eval" if s.remote else str(Path(s.local) / "eval")
+                for name, s in self.data.streams.items()}
 
     @property
     def total_tokens(self) -> int | None:

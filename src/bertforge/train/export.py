@@ -65,6 +65,13 @@ def export_model(model, out_dir: str | Path, tokenizer: str | None = None) -> Pa
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer: str | None = None,
                       model_config: ModernBertConfig | None = None) -> Path:
+    """A checkpoint (a file or directory, or the URL of one in an object store, or of a save_folder there: its
+    newest complete checkpoint) as a HuggingFace directory."""
+    from bertforge.store import is_remote
+    from bertforge.train.run_folder import fetch_checkpoint
+
+    if is_remote(checkpoint):
+        checkpoint = fetch_checkpoint(str(checkpoint))
     return export_model(load_checkpoint_model(checkpoint, model_config), out_dir, tokenizer)
 
 
@@ -78,9 +85,14 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, every_tokens: int | 
     import yaml
 
     from bertforge.atomic import write_text_atomic
+    from bertforge.schema import ConfigError
+    from bertforge.store import is_remote
     from bertforge.train.checkpoint_integrity import verify
     from bertforge.train.run_folder import RunFolder, checkpoint_batch
 
+    if is_remote(run_dir):
+        raise ConfigError(f"--all exports a local run folder, not {run_dir}; export its checkpoints one by one "
+                          f"(`bertforge export {run_dir}/ep0-baN-rank0.pt OUT`) or copy the folder here first")
     folder = RunFolder(run_dir)
     checkpoints = sorted(folder.checkpoints(), key=checkpoint_batch)
     if not checkpoints:

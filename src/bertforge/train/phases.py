@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bertforge.schema import ConfigError
 from bertforge.train.config import TrainConfig, load_train_config, predecessor_path
-from bertforge.train.run_folder import RunFolder
+from bertforge.train.run_folder import open_run_folder
 
 
 def load_chain(path: str | Path, overrides: list[str] | None = None) -> list[tuple[Path, TrainConfig]]:
@@ -63,7 +63,8 @@ def starting_point(config: TrainConfig, resume: Path | None = None) -> StartingP
     if not config.phase.after:
         return StartingPoint(config.checkpoint.load_path, config.checkpoint.load_weights_only, lineage=lineage)
     chain = load_chain(config.phase.after)
-    checkpoint = RunFolder(chain[-1][1].save_folder).final_checkpoint()
+    before = chain[-1][1]
+    checkpoint = open_run_folder(before.save_folder, before.staging_folder).final_checkpoint()
     tokens = [c.total_tokens for _, c in chain]
     lineage = {"after": config.phase.after, "checkpoint": str(checkpoint), "phases": [c.run_name for _, c in chain],
                "tokens_before": sum(tokens) if None not in tokens else None} | lineage

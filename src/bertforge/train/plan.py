@@ -18,7 +18,7 @@ from pathlib import Path
 from bertforge.schema import ConfigError
 from bertforge.train.config import TrainConfig, parse_time
 from bertforge.train.preflight import preflight
-from bertforge.train.run_folder import RunFolder
+from bertforge.train.run_folder import open_run_folder
 from bertforge.train.schedules import lr_at
 from bertforge.train.steps import step_rows
 
@@ -85,9 +85,10 @@ class StepClock:
         return len(self.boundaries) - 1 + math.ceil(after / (self.target * self.seq))
 
 
-def measured_tokens_per_s(save_folder: str) -> float | None:
-    """The median wall-clock tokens/s of the last logged steps of an earlier run in this folder, if any."""
-    metrics = RunFolder(save_folder).metrics
+def measured_tokens_per_s(save_folder: str, staging_folder: str | None = None) -> float | None:
+    """The median wall-clock tokens/s of the last logged steps of an earlier run in this folder (its staging copy,
+    for one in an object store), if any."""
+    metrics = open_run_folder(save_folder, staging_folder).metrics
     if not metrics.is_file():
         return None
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
@@ -141,7 +142,7 @@ def plan_phase(path: Path, config: TrainConfig, ranks: int, tokens_before: int,
                             clock.rows(tokens))
                   for name, tokens in sorted(points.items(), key=lambda item: item[1]) if tokens <= total]
     steps = clock.steps_to(total)
-    rate = tokens_per_s or measured_tokens_per_s(config.save_folder)
+    rate = tokens_per_s or measured_tokens_per_s(config.save_folder, config.staging_folder)
     return PhasePlan(
         run_name=config.run_name, config=str(path), tokens=total, tokens_before=tokens_before, steps=steps,
         max_seq_len=config.data.max_seq_len, global_batch_rows=config.global_batch_size,

@@ -26,6 +26,7 @@ def preflight(config: TrainConfig, world_size: int, *, device: Literal["cpu", "g
     check_batch(config, world_size)
     check_lengths(config)
     if files:
+        check_save_folder(config)
         check_data_paths(config)
         check_tokenizer_fits(config)
         check_eval_streams(config)
@@ -57,6 +58,14 @@ def check_batch(config: TrainConfig, world_size: int) -> None:
                           f"({config.global_batch_size}); the warmup grows the batch towards it")
 
 
+def check_save_folder(config: TrainConfig) -> None:
+    """A save_folder in an object store: its bucket is there and the credentials may use it."""
+    from bertforge.store import RemoteFolder, is_remote
+
+    if is_remote(config.save_folder):
+        RemoteFolder(config.save_folder).check("save_folder")
+
+
 def check_lengths(config: TrainConfig) -> None:
     """Rows longer than the model is meant for would train, and export a config that says otherwise."""
     if config.data.max_seq_len > config.model.max_position_embeddings:
@@ -66,37 +75,47 @@ def check_lengths(config: TrainConfig) -> None:
 
 
 def check_data_paths(config: TrainConfig) -> None:
-    """Every local stream is a prepared dataset with all its shards whole, made with ``data.tokenizer``."""
+    """Every stream is a prepared dataset with all its shards whole, made with ``data.tokenizer``; a remote one is
+    checked in its store (bucket, credentials, index, shard sizes) before anything trains."""
     from bertforge.data.integrity import check_prepared_stream
     from bertforge.data.provenance import tokenizer_fingerprint
 
-    fingerprint = None
+    fingerprint, largest = None, 0
     for name, stream in config.data.streams.items():
-        if stream.remote is not None:
-            continue
-        if not (Path(stream.local) / "index.json").is_file():
+        if stream.remote is None and not (Path(stream.local) / "index.json").is_file():
             raise ConfigError(f"data.streams.{name}.local '{stream.local}' holds no prepared dataset (no index.json); "
                               f"run `bertforge prep` for it or fix the path")
         fingerprint = fingerprint or tokenizer_fingerprint(config.data.tokenizer)
-        check_prepared_stream(name, stream.local, config.data.tokenizer, fingerprint)
+        index = check_prepared_stream(name, stream.local, config.data.tokenizer, fingerprint, remote=stream.remote)
+        largest = max([largest, *(sum(s[p]["bytes"] for p in ("raw_data", "zip_data") if s.get(p))
+                                  for s in index["shards"])])
+    if config.data.cache_limit is not None:
+        from streaming.base.util import bytes_to_int
+
+        if bytes_to_int(config.data.cache_limit) < 4 * largest:
+            raise ConfigError(f"data.cache_limit {config.data.cache_limit} is below four times the largest shard "
+                              f"(raw and compressed: {largest:,} bytes), the least streaming can work in; raise it "
+                              f"to at least {-(-4 * largest // 1024)}kb, or leave it unset")
 
 
 def check_eval_streams(config: TrainConfig) -> None:
     """Every held-out dataset of an ``eval:`` block exists, holds documents, and was made with the tokenizer."""
     if not config.eval.interval:
         return
+    from bertforge.data.config import stream_location
     from bertforge.data.integrity import check_prepared_stream
     from bertforge.data.provenance import tokenizer_fingerprint
 
     fingerprint = tokenizer_fingerprint(config.data.tokenizer)
-    for name, local in config.eval_streams().items():
-        if not (Path(local) / "index.json").is_file():
+    for name, path in config.eval_streams().items():
+        local, remote = stream_location(path, config.data.cache_dir)
+        if remote is None and not (Path(local) / "index.json").is_file():
             raise ConfigError(f"eval stream '{name}': {local} holds no prepared dataset (no index.json); prepare the "
                               f"data with a holdout (`holdout: {{fraction: 0.005}}` in the recipe), or set "
                               f"eval.streams.{name} to a prepared dataset")
-        index = check_prepared_stream(f"eval.{name}", local, config.data.tokenizer, fingerprint)
+        index = check_prepared_stream(f"eval.{name}", local, config.data.tokenizer, fingerprint, remote=remote)
         if not sum(shard["samples"] for shard in index["shards"]):
-            raise ConfigError(f"eval stream '{name}': {local} holds no documents; raise the recipe's "
+            raise ConfigError(f"eval stream '{name}': {path} holds no documents; raise the recipe's "
                               f"holdout.fraction, or set eval.streams.{name} to another dataset")
 
 

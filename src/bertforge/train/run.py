@@ -24,7 +24,7 @@ from bertforge.train.checkpoint_integrity import check_checkpoint
 from bertforge.train.config import TrainConfig, parse_time, resolved_yaml
 from bertforge.train.launcher import adopt_launcher_environment, launcher_world_size
 from bertforge.train.preflight import preflight
-from bertforge.train.run_folder import CHECKPOINT_FILENAME, LATEST_FILENAME, RunFolder
+from bertforge.train.run_folder import CHECKPOINT_FILENAME, LATEST_FILENAME, RunFolder, open_run_folder
 
 T = TypeVar("T")
 
@@ -109,7 +109,8 @@ def build_callbacks(config: TrainConfig, folder: RunFolder, loader, steps, linea
     saver = VerifiedCheckpointSaver(
         folder=str(folder.path), filename=CHECKPOINT_FILENAME, remote_file_name=None,
         latest_filename=LATEST_FILENAME, latest_remote_file_name=None, save_interval=config.checkpoint.interval,
-        overwrite=not config.checkpoint.autoresume, num_checkpoints_to_keep=config.checkpoint.keep, guard=guard)
+        overwrite=not config.checkpoint.autoresume, num_checkpoints_to_keep=config.checkpoint.keep, guard=guard,
+        run_folder=folder)
     return [*parallelism_callbacks(config, world_size), stopper, guard,
             TokenScheduler(config.schedule, config.total_tokens or 0, config.optimizer.lr,
                            lr_scale=lambda: guard.lr_scale),
@@ -180,6 +181,8 @@ def _checked_starting_point(config: TrainConfig, folder: RunFolder):
     the checkpoint checked to hold nothing that could run code when Composer unpickles it."""
     from bertforge.train.phases import starting_point
 
+    if config.checkpoint.autoresume:
+        folder.pull()  # a save_folder in an object store: its newest complete checkpoint, into the staging folder
     start = starting_point(config, folder.resume_point() if config.checkpoint.autoresume else None)
     if start.load_path:
         check_checkpoint(Path(start.load_path))
@@ -201,7 +204,7 @@ def train(config: TrainConfig) -> Path:
     device = DeviceGPU() if torch.cuda.is_available() else DeviceCPU()
     dist.initialize_dist(device)
     reproducibility.seed_all(config.seed)
-    folder = RunFolder(config.save_folder)
+    folder = open_run_folder(config.save_folder, config.staging_folder)
     _on_rank_zero(lambda: acquire_lock(folder.lock, "bertforge train"))
     try:
         return _run(config, folder, world, device)
@@ -232,7 +235,11 @@ def _run(config: TrainConfig, folder: RunFolder, world: int, device) -> Path:
     if dist.get_global_rank() == 0:
         write_text_atomic(folder.config, resolved_yaml(config))
 
-    trainer.fit()
+    try:
+        trainer.fit()
+    finally:
+        if dist.get_global_rank() == 0:
+            folder.push_files()
 
     state = trainer.state
     if guard.stop_reason is not None:
@@ -241,7 +248,7 @@ def _run(config: TrainConfig, folder: RunFolder, world: int, device) -> Path:
     if stopper.stopped_at_batch is not None and not _reached(config.max_duration, state.timestamp):
         trainer.close()
         raise StoppedBySignal(f"stopped by {stopper.received.name} after batch {stopper.stopped_at_batch}, with a "
-                              f"checkpoint in {folder.path}; the same command resumes the run")
+                              f"checkpoint in {folder.location}; the same command resumes the run")
     if config.export_dir:
         from bertforge.train.export import export_model
 

@@ -12,6 +12,12 @@
       incomplete/          checkpoints that do not verify, or that a rollback superseded, kept aside
       slurm/               the rendered sbatch script and the job's log
 
+A save_folder in an object store (``s3://...``) is mirrored: the run works in a local staging folder of the same
+layout, and each checkpoint is uploaded once complete, its manifest last, so a checkpoint is complete in the store
+exactly when its manifest is there; metrics.jsonl, config.yaml, curves.png and wandb_run_id follow. Before a
+restart (or the next phase, or an export) ``pull`` brings the newest complete checkpoint back, and finishes the
+upload of any complete local checkpoint the store lacks (an upload cut off by a crash).
+
 Imports no torch at module level; reading a checkpoint loads it when called.
 """
 
@@ -22,6 +28,7 @@ from pathlib import Path
 
 from bertforge.errors import CheckpointError
 from bertforge.schema import ConfigError
+from bertforge.store import RemoteFolder, is_remote
 from bertforge.train.checkpoint_integrity import (
     MANIFEST_SUFFIX,
     check_sharded_checkpoint,
@@ -47,11 +54,32 @@ def _entry(name: str) -> property:
     return property(lambda self: self.path / name, doc=f"save_folder/{name}")
 
 
-class RunFolder:
-    """A run's save folder; its properties are the paths of what lies in it."""
+def open_run_folder(save_folder: str, staging_folder: str | None = None) -> RunFolder:
+    """A run's folder: ``save_folder`` itself, or for one in an object store, a local staging folder mirrored to
+    it (``staging_folder``, default one per URL under the system's temporary folder)."""
+    if not is_remote(save_folder):
+        return RunFolder(save_folder)
+    if staging_folder is None:
+        import hashlib
+        import tempfile
 
-    def __init__(self, path: str | Path):
+        digest = hashlib.sha256(save_folder.rstrip("/").encode()).hexdigest()[:16]
+        staging_folder = str(Path(tempfile.gettempdir()) / "bertforge-runs" / digest)
+    return RunFolder(staging_folder, remote=save_folder)
+
+
+class RunFolder:
+    """A run's save folder; its properties are the paths of what lies in it. With ``remote``, the local folder is
+    the staging copy of that object-store folder."""
+
+    def __init__(self, path: str | Path, remote: str | None = None):
         self.path = Path(path)
+        self.remote = RemoteFolder(remote) if remote else None
+
+    @property
+    def location(self) -> str:
+        """Where the run's files are kept, as a user would name it: the URL of a mirrored folder."""
+        return self.remote.uri if self.remote else str(self.path)
 
     config = _entry("config.yaml")
     metrics = _entry("metrics.jsonl")
@@ -85,10 +113,11 @@ class RunFolder:
 
     def final_checkpoint(self) -> Path:
         """The checkpoint a finished run (a previous phase) ended with: its newest checkpoint that verifies."""
+        self.pull()
         found = self.newest_valid_checkpoint()
         if found is None:
-            raise ConfigError(f"the previous phase has no complete checkpoint in '{self.path}'; run it first, or "
-                              f"set checkpoint.load_path yourself")
+            raise ConfigError(f"the previous phase has no complete checkpoint in '{self.location}'; run it first, "
+                              f"or set checkpoint.load_path yourself")
         return found
 
     def resume_point(self) -> Path | None:
@@ -119,6 +148,94 @@ class RunFolder:
             if item.exists():
                 item.rename(self.incomplete / f"{item.name}{suffix}")
         print(f"moved {checkpoint.name}, {why}, to {self.incomplete}", flush=True)
+        self.forget([checkpoint.name])  # nor may a restart take it from the store
+
+
+    # -- the object-store mirror (each a no-op for a local save_folder) ----------------------------------------
+
+    _FILES = ("config.yaml", "metrics.jsonl", "curves.png", "wandb_run_id")
+
+    def push_checkpoint(self, checkpoint: Path) -> None:
+        """Upload a complete checkpoint: its files, then its manifest."""
+        if self.remote is None:
+            return
+        if checkpoint.is_dir():
+            self.remote.upload_tree(checkpoint, checkpoint.name)
+        else:
+            self.remote.upload(checkpoint, checkpoint.name)
+        self.remote.upload(manifest_path(checkpoint), manifest_path(checkpoint).name)
+
+    def push_files(self) -> None:
+        """Upload the run's record (config, metrics, curves, W&B id) as it now is."""
+        if self.remote is None:
+            return
+        for name in self._FILES:
+            if (self.path / name).is_file():
+                self.remote.upload(self.path / name, name)
+
+    def forget(self, checkpoint_names: list[str]) -> None:
+        """Delete rotated-out checkpoints from the store: the manifest first, so none is ever complete and partial."""
+        if self.remote is None or not checkpoint_names:
+            return
+        stored = self.remote.sizes()
+        for name in checkpoint_names:
+            self.remote.delete([name + MANIFEST_SUFFIX])
+            self.remote.delete([key for key in stored if key == name or key.startswith(name + "/")])
+
+    def pull(self) -> None:
+        """Make the staging folder ready to resume from the store: the run's record where it is missing here, any
+        complete local checkpoint the store lacks uploaded, and the newest complete stored checkpoint downloaded
+        (files first, manifest last) unless it is here already."""
+        if self.remote is None:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        stored = self.remote.sizes()
+        for name in self._FILES:
+            if name in stored and not (self.path / name).exists():
+                self.remote.download(name, self.path / name)
+        complete = {key.removesuffix(MANIFEST_SUFFIX) for key in stored
+                    if key.endswith(MANIFEST_SUFFIX) and "/" not in key and _CHECKPOINT_NAME.match(key)}
+        for local in self.checkpoints():
+            if local.name not in complete and verify(local) is None:
+                print(f"uploading {local.name}, complete here but not in {self.remote}", flush=True)
+                self.push_checkpoint(local)
+                complete.add(local.name)
+        if complete:
+            self.fetch(max(complete, key=lambda name: int(_CHECKPOINT_NAME.match(name).group(1))), stored)
+
+    def fetch(self, name: str, stored: dict[str, int] | None = None) -> Path:
+        """The stored checkpoint ``name`` in the staging folder (downloaded, files first and manifest last, unless
+        the same checkpoint, by its manifest, is here already and verifies)."""
+        local = self.path / name
+        stored = self.remote.sizes() if stored is None else stored
+        if name + MANIFEST_SUFFIX not in stored:
+            raise CheckpointError(f"{self.remote}/{name} is not a complete checkpoint (no {MANIFEST_SUFFIX} beside "
+                                  f"it: its upload did not finish); pick another one")
+        manifest = manifest_path(local)
+        if manifest.is_file() and manifest.read_text() == self.remote.read_text(manifest.name) \
+                and verify(local) is None:
+            return local
+        for key in sorted(stored):
+            if key == name or key.startswith(name + "/"):
+                self.remote.download(key, self.path / key)
+        self.remote.download(name + MANIFEST_SUFFIX, manifest_path(local))
+        print(f"downloaded {name} from {self.remote}", flush=True)
+        return local
+
+
+def fetch_checkpoint(url: str) -> Path:
+    """A checkpoint in an object store, downloaded and verified: ``url`` names the checkpoint, or a save_folder
+    (then its newest complete checkpoint)."""
+    parent, _, name = url.rstrip("/").rpartition("/")
+    if _CHECKPOINT_NAME.match(name) and not name.endswith(MANIFEST_SUFFIX):
+        folder = open_run_folder(parent)
+        local = folder.fetch(name)
+    else:
+        local = open_run_folder(url).final_checkpoint()
+    problem = verify(local)
+    if problem is not None:
+        raise CheckpointError(f"{url}: {problem}")
+    return local
 
 
 def read_checkpoint_state(path: Path) -> dict:

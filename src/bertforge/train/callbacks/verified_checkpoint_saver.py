@@ -1,6 +1,7 @@
 """Composer's checkpoint saver, made trustworthy: it does not save after a step the divergence guard rejected (a
 rollback then returns to the checkpoint before the trouble), refuses to save non-finite weights, and seals each
-checkpoint with a checksum manifest once every rank has finished writing it."""
+checkpoint with a checksum manifest once every rank has finished writing it; for a save_folder in an object store
+it then uploads the checkpoint, manifest last, and deletes from the store what it rotates out."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from composer.utils import dist
 from bertforge.errors import TrainingDiverged
 from bertforge.train.callbacks.divergence_guard import DivergenceGuard
 from bertforge.train.checkpoint_integrity import MANIFEST_SUFFIX, write_manifest
+from bertforge.train.run_folder import RunFolder
 
 
 def weights_are_finite(model: torch.nn.Module, device) -> bool:
@@ -27,9 +29,10 @@ def weights_are_finite(model: torch.nn.Module, device) -> bool:
 
 
 class VerifiedCheckpointSaver(CheckpointSaver):
-    def __init__(self, *args, guard: DivergenceGuard, **kwargs):
+    def __init__(self, *args, guard: DivergenceGuard, run_folder: RunFolder, **kwargs):
         super().__init__(*args, **kwargs)
         self.guard = guard
+        self.run_folder = run_folder
 
     def _save_checkpoint(self, state: State, logger: Logger) -> None:
         if self.guard.last_step_rejected:
@@ -43,6 +46,8 @@ class VerifiedCheckpointSaver(CheckpointSaver):
         if dist.get_global_rank() == 0:
             for saved in set(self.saved_checkpoints) - before:
                 write_manifest(_checkpoint_root(Path(saved), state))
+                self.run_folder.push_checkpoint(_checkpoint_root(Path(saved), state))
+            self.run_folder.push_files()
             for manifest in Path(self.folder).glob(f"*{MANIFEST_SUFFIX}"):  # those of rotated-out checkpoints
                 if not manifest.with_name(manifest.name.removesuffix(MANIFEST_SUFFIX)).exists():
                     manifest.unlink()
@@ -51,7 +56,11 @@ class VerifiedCheckpointSaver(CheckpointSaver):
     def _rotate_checkpoints(self, sharding_enabled: bool = False) -> None:
         # A rollback moves the checkpoints it supersedes into incomplete/; they are no longer this saver's to delete.
         self.saved_checkpoints = [path for path in self.saved_checkpoints if Path(path).exists()]
+        before = list(self.saved_checkpoints)
         super()._rotate_checkpoints(sharding_enabled)
+        if dist.get_global_rank() == 0:
+            gone = [Path(p) for p in before if p not in self.saved_checkpoints]
+            self.run_folder.forget([(p.parent if sharding_enabled else p).name for p in gone])
 
 
 def _checkpoint_root(saved: Path, state: State) -> Path:

@@ -1,0 +1,134 @@
+"""Object-store folders (``s3://bucket/prefix``): what prep, the loader's checks, the trainer and export need of
+a bucket, on Composer's ``S3ObjectStore`` (boto3 underneath).
+
+Credentials and the endpoint come from the usual places: ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` (or an
+AWS profile), and for an S3-compatible store (MinIO, Ceph, R2...) its URL in ``S3_ENDPOINT_URL``, which Composer
+and mosaicml-streaming both read (boto3's own ``AWS_ENDPOINT_URL`` works too). ``RemoteFolder.check`` tries the
+bucket once, so a missing bucket, missing credentials or an unreachable endpoint fail before any work, with the
+URL named, instead of in a DataLoader worker an hour into a run.
+
+Imports no torch; boto3 is imported when a store is first used.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+from bertforge.schema import ConfigError
+
+SCHEMES = ("s3",)
+"""The object stores bertforge reads and writes itself (streaming can read more, but the checks here cannot)."""
+
+
+def is_remote(path: str | Path | None) -> bool:
+    """Whether ``path`` is a URL (``scheme://...``) rather than a local path."""
+    return path is not None and "://" in str(path)
+
+
+class RemoteFolder:
+    """A "folder" in a bucket: ``s3://bucket/prefix``; names are relative to the prefix, with ``/`` separators."""
+
+    def __init__(self, uri: str):
+        scheme, _, rest = str(uri).partition("://")
+        if scheme not in SCHEMES:
+            raise ConfigError(f"'{uri}': bertforge reads and writes object stores by s3:// URLs (S3 or an "
+                              f"S3-compatible store with S3_ENDPOINT_URL set), not {scheme}://")
+        bucket, _, prefix = rest.partition("/")
+        if not bucket:
+            raise ConfigError(f"'{uri}' names no bucket; write s3://BUCKET/PREFIX")
+        self.uri = f"s3://{bucket}/{prefix.strip('/')}".rstrip("/")
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+
+    def __repr__(self) -> str:
+        return self.uri
+
+    def child(self, name: str) -> RemoteFolder:
+        return RemoteFolder(f"{self.uri}/{name.strip('/')}")
+
+    @functools.cached_property
+    def _store(self):
+        from composer.utils.object_store import S3ObjectStore
+
+        return S3ObjectStore(bucket=self.bucket, prefix=self.prefix)
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def check(self, what: str) -> None:
+        """The bucket exists and the credentials may use it; else one line naming ``what``, the URL and a fix."""
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        endpoint = os.environ.get("S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
+        try:
+            self._store.client.head_bucket(Bucket=self.bucket)
+        except NoCredentialsError:
+            raise ConfigError(f"{what} '{self.uri}': no AWS credentials; set AWS_ACCESS_KEY_ID and "
+                              f"AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)") from None
+        except ClientError as err:
+            code = str(err.response.get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchBucket"):
+                raise ConfigError(f"{what} '{self.uri}': bucket '{self.bucket}' does not exist at {endpoint}; "
+                                  f"create it or fix the URL (or S3_ENDPOINT_URL)") from None
+            raise ConfigError(f"{what} '{self.uri}': the store at {endpoint} refused access to bucket "
+                              f"'{self.bucket}' ({code or err}); check AWS_ACCESS_KEY_ID / "
+                              f"AWS_SECRET_ACCESS_KEY and the bucket's permissions") from None
+        except BotoCoreError as err:
+            raise ConfigError(f"{what} '{self.uri}': cannot reach the object store at {endpoint} ({err}); check "
+                              f"S3_ENDPOINT_URL and the network") from None
+
+    def sizes(self, under: str = "") -> dict[str, int]:
+        """Every object under ``under`` (a sub-folder name, or '' for all) as {name relative to this folder: bytes}."""
+        start = self._key(under.strip("/") + "/" if under else "")
+        cut = len(self.prefix) + 1 if self.prefix else 0
+        pages = self._store.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start)
+        return {item["Key"][cut:]: item["Size"] for page in pages for item in page.get("Contents", [])}
+
+    def exists(self, name: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self._store.client.head_object(Bucket=self.bucket, Key=self._key(name))
+            return True
+        except ClientError as err:
+            if str(err.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def upload(self, local: str | Path, name: str) -> None:
+        self._store.upload_object(name.strip("/"), str(local))
+
+    def upload_tree(self, local: str | Path, name: str, last: tuple[str, ...] = ()) -> None:
+        """Every file under ``local`` to ``name/...``, the files named in ``last`` after all others: a reader that
+        takes one of them as the mark of a complete upload never sees a partial one."""
+        root = Path(local)
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+        for path in sorted(files, key=lambda p: p.relative_to(root).as_posix() in last):
+            self.upload(path, f"{name}/{path.relative_to(root).as_posix()}")
+
+    def download(self, name: str, local: str | Path) -> Path:
+        """``name`` to the file ``local`` (written whole, then renamed into place)."""
+        self._store.download_object(name.strip("/"), str(local), overwrite=True)
+        return Path(local)
+
+    def read_text(self, name: str) -> str | None:
+        """An object's text, or None when there is no such object."""
+        from botocore.exceptions import ClientError
+
+        try:
+            body = self._store.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"]
+        except ClientError as err:
+            if str(err.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+        return body.read().decode("utf-8")
+
+    def write_text(self, name: str, text: str) -> None:
+        """One object, put whole (an S3 put is atomic: readers see the old object or the new one)."""
+        self._store.client.put_object(Bucket=self.bucket, Key=self._key(name), Body=text.encode("utf-8"))
+
+    def delete(self, names: list[str]) -> None:
+        for start in range(0, len(names), 1000):
+            batch = [{"Key": self._key(n)} for n in names[start:start + 1000]]
+            self._store.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
