@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import small_sample_recipe
-from helpers import read_metrics, run_config
+from helpers import free_port, read_metrics, run_config, train_ranks
 
 BERTFORGE = str(Path(sys.executable).with_name("bertforge"))
 STORE = "s3://bertforge"
@@ -54,7 +54,7 @@ def remote_data(s3, sample_data, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("remote-data")
     recipe_path = small_sample_recipe(root, Path(sample_data["tokenizer"]), files=20)
     recipe = yaml.safe_load(recipe_path.read_text())
-    recipe.update(shard_size_limit=1 << 14, workers=1)
+    recipe.update(shard_size_limit=1 << 14, workers=2)
     recipe_path.write_text(yaml.safe_dump(recipe))
     local = prepare(load_recipe(recipe_path), progress=False)
     staging = root / "staging"
@@ -79,7 +79,21 @@ def test_prep_writes_the_local_bytes_into_the_store_and_resumes_from_it(remote_d
     assert _objects("mds") == _files(local)
 
 
-def test_a_missing_bucket_or_credentials_fail_before_any_work(remote_data, tmp_path, sample_data, monkeypatch):
+def test_prep_over_slurm_into_the_store_writes_its_scripts_where_the_nodes_can(remote_data, tmp_path, monkeypatch):
+    """Rendered only (the cluster test is in test_slurm.py): for an out_dir in the store the scripts and logs go
+    under the current directory, and with every unit in the store only the finishing step is left."""
+    from bertforge.slurm import PrepJob, prepare_prep_job
+
+    monkeypatch.chdir(tmp_path)
+    array, finish, what = prepare_prep_job(remote_data["recipe"], [f"out_dir={STORE}/mds"], PrepJob(nodes=2),
+                                           submit=False)
+    assert array is None and "only the finishing step is left" in what
+    assert finish == tmp_path / "slurm-prep" / "recipe" / "prep-finish.sbatch"
+    assert f"out_dir={STORE}/mds --no-progress --finish" in finish.read_text()
+
+
+def test_remote_paths_are_checked_before_any_work_and_evaluated_like_local_ones(remote_data, tmp_path, sample_data,
+                                                                                monkeypatch):
     from bertforge.data.config import StreamConfig
     from bertforge.data.prep import prepare
     from bertforge.data.recipe import load_recipe
@@ -96,6 +110,19 @@ def test_a_missing_bucket_or_credentials_fail_before_any_work(remote_data, tmp_p
     config.save_folder = str(tmp_path / "run")
     config.data.streams = {"code": StreamConfig(local=str(tmp_path / "cache"), remote=f"{STORE}/mds/code")}
     preflight(config, 1, device="cpu")  # the stream in the store is fit to train on
+    # `bertforge eval mlm --data s3://...`: the tokenizer the store's stats.json records, the same batches as from
+    # the local copy.
+    from bertforge.cli import _dataset_tokenizer
+    from bertforge.eval.config import EvalConfig
+    from bertforge.eval.mlm import load_eval_set
+
+    tokenizer = _dataset_tokenizer(f"{STORE}/mds/code", tmp_path / "no-model")
+    assert tokenizer == sample_data["tokenizer"]
+    sets = [load_eval_set("code", path, tokenizer, EvalConfig(max_tokens=4000), 256, cache_dir=str(tmp_path / name))
+            for name, path in (("a", f"{STORE}/mds/code"), ("b", str(remote_data["local"] / "code")))]
+    assert sets[0].tokens == sets[1].tokens > 0
+    assert [b.input_ids.tolist() for b in sets[0].batches] == [b.input_ids.tolist() for b in sets[1].batches]
+
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(key)
     with pytest.raises(ConfigError, match="data.streams.code.remote 's3://bertforge/mds/code': no AWS credentials"):
@@ -103,8 +130,8 @@ def test_a_missing_bucket_or_credentials_fail_before_any_work(remote_data, tmp_p
 
 
 def _remote_config(tmp_path: Path, sample_data: dict, data: dict, name: str, **overrides) -> Path:
-    """A run over the small-shard slice; with ``remote``, its streams read from the store."""
-    config = run_config(tmp_path, sample_data, name, max_duration="16384tok", **overrides)
+    """A two-rank DDP run (the default parallelism) over the small-shard slice."""
+    config = run_config(tmp_path, sample_data, name, max_duration="12288tok", parallelism="ddp", **overrides)
     cfg = yaml.safe_load(config.read_text())
     cfg["data"]["streams"] = {s: {"local": str(data["local"] / s)} for s in ("code", "web", "science")}
     config.write_text(yaml.safe_dump(cfg))
@@ -112,11 +139,13 @@ def _remote_config(tmp_path: Path, sample_data: dict, data: dict, name: str, **o
 
 
 def _kill_when_stored(config: Path, store, checkpoint: str) -> None:
-    """`bertforge train CONFIG`, SIGKILLed (its whole process group) once ``checkpoint`` is complete in the store."""
+    """A two-rank DDP `bertforge train CONFIG`, SIGKILLed (launcher and ranks) once ``checkpoint`` is complete in
+    the store."""
     log = config.with_suffix(".log")
+    launch = [str(Path(sys.executable).with_name("composer")), "-n", "2", "--master_port", str(free_port()), "-m",
+              "bertforge.train", str(config)]
     with log.open("wb") as out:
-        proc = subprocess.Popen([BERTFORGE, "train", str(config)], start_new_session=True, stdout=out,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(launch, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not store.exists(checkpoint + ".manifest.json"):
         time.sleep(0.05)
@@ -127,14 +156,14 @@ def _kill_when_stored(config: Path, store, checkpoint: str) -> None:
 
 def test_training_from_the_store_with_a_small_cache_checkpoints_there_and_resumes_exactly(
         s3, remote_data, sample_data, tmp_path):
-    """One run from local shards; the same run streaming from the store through a cache smaller than what it
+    """One two-rank DDP run from local shards; the same run streaming from the store through a cache smaller than what it
     reads, saving into the store, SIGKILLed after its second checkpoint reached the store and restarted with its
-    staging folder gone (another machine): equal losses; then the next phase and an export take the final
-    checkpoint from the store."""
+    staging folder gone (another machine) and a newer checkpoint's upload cut off in the store: equal losses;
+    then the next phase and an export take the final checkpoint from the store."""
     from bertforge.store import RemoteFolder
 
     local_config = _remote_config(tmp_path, sample_data, remote_data, "local")
-    result = _bertforge("train", str(local_config))
+    result = train_ranks(local_config, 2)
     assert result.returncode == 0, result.stderr[-3000:]
 
     cache = tmp_path / "cache"
@@ -152,18 +181,19 @@ def test_training_from_the_store_with_a_small_cache_checkpoints_there_and_resume
     store = RemoteFolder(f"{STORE}/runs/remote")
     log_start = s3.log.stat().st_size
     _kill_when_stored(config, store, "ep0-ba8-rank0.pt")
-    assert store.exists("ep0-ba8-rank0.pt.manifest.json") and not store.exists("ep0-ba16-rank0.pt")
+    assert store.exists("ep0-ba8-rank0.pt.manifest.json") and not store.exists("ep0-ba12-rank0.pt")
     shutil.rmtree(tmp_path / "staging")
-    result = _bertforge("train", str(config))
+    store.write_text("ep0-ba12-rank0.pt", "the first bytes of an upload cut off midway")  # no manifest: not taken
+    result = train_ranks(config, 2)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "downloaded ep0-ba8-rank0.pt" in result.stdout + result.stderr
 
     staged = tmp_path / "staging"
     remote_losses = [row["loss"] for _, row in sorted(read_metrics(staged).items())]
     local_losses = [row["loss"] for _, row in sorted(read_metrics(tmp_path / "local").items())]
-    assert len(local_losses) == 16 and remote_losses == local_losses
+    assert len(local_losses) == 12 and remote_losses == local_losses
     assert store.read_text("metrics.jsonl") == (staged / "metrics.jsonl").read_text()
-    assert {"config.yaml", "curves.png", "ep0-ba16-rank0.pt.manifest.json"} <= set(store.sizes())
+    assert {"config.yaml", "curves.png", "ep0-ba12-rank0.pt.manifest.json"} <= set(store.sizes())
 
     # The cache: the runs downloaded more shards than it holds (so it evicted), and it stayed within its limit.
     requests = s3.log.read_bytes()[log_start:].decode(errors="replace")
@@ -184,13 +214,14 @@ def test_training_from_the_store_with_a_small_cache_checkpoints_there_and_resume
     phase = run_config(tmp_path, sample_data, "next", save_folder=f"{STORE}/runs/next", phase={"after": str(config)})
     chain = load_chain(phase)
     start = starting_point(chain[-1][1])
-    assert start.load_path == str(staged / "ep0-ba16-rank0.pt") and start.lineage["phases"] == ["remote"]
+    assert start.load_path == str(staged / "ep0-ba12-rank0.pt") and start.lineage["phases"] == ["remote"]
     assert "remote" in format_plan(plan_chain(chain, ranks=1))
 
-    out = tmp_path / "hf"
-    result = _bertforge("export", f"{STORE}/runs/remote", str(out), "--tokenizer", sample_data["tokenizer"])
-    assert result.returncode == 0, result.stderr[-3000:]
     from transformers import AutoModelForMaskedLM
+
+    from bertforge.train.export import export_checkpoint
+
+    out = export_checkpoint(f"{STORE}/runs/remote", tmp_path / "hf", tokenizer=sample_data["tokenizer"])
 
     model = AutoModelForMaskedLM.from_pretrained(out)
     assert model.config.model_type == "modernbert"

@@ -60,10 +60,13 @@ def test_train_and_slurm_refuse_a_bad_run_with_the_same_message(tmp_path, sample
     overrides, ranks, expected = BAD_RUNS[case]
     config = run_config(tmp_path, sample_data, "bad")
     env = os.environ | {"WORLD_SIZE": str(ranks)}  # what a launcher tells each rank; train stops before rendezvous
-    trained = subprocess.run([BERTFORGE, "train", str(config), *overrides], capture_output=True, text=True,
-                             timeout=300, env=env)
-    slurm = subprocess.run([BERTFORGE, "slurm", str(config), "--nodes", str(ranks), "--", *overrides],
-                           capture_output=True, text=True, timeout=300)
+    # Both commands at once (independent processes; CI's two cores start them in about the time of one).
+    running = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+               for command, env in (([BERTFORGE, "train", str(config), *overrides], env),
+                                    ([BERTFORGE, "slurm", str(config), "--nodes", str(ranks), "--", *overrides],
+                                     None))]
+    outputs = [p.communicate(timeout=300) for p in running]
+    trained, slurm = (subprocess.CompletedProcess(p.args, p.returncode, *out) for p, out in zip(running, outputs))
     assert expected in _error_line(trained)
     assert _error_line(slurm) == _error_line(trained)
     assert not (tmp_path / "bad").exists()  # neither wrote anything: no config.yaml, no script

@@ -154,16 +154,20 @@ def render_prep_scripts(recipe_path: str | Path, overrides: list[str], job: Prep
 def prepare_prep_job(recipe_path: str | Path, overrides: list[str], job: PrepJob, submit: bool
                      ) -> tuple[Path | None, Path, str]:
     """Check the recipe (and, to submit, the cluster), find the shares with unfinished units, write the scripts
-    under the prep's slurm folder; returns the array script (None when every unit is finished), the finishing
+    under the prep's slurm folder (out_dir/slurm, or ./slurm-prep/RECIPE for an out_dir in an object store); returns the array script (None when every unit is finished), the finishing
     step's script, and a line saying what they do."""
     from bertforge.data.prep import staging_folder, unfinished
     from bertforge.data.recipe import load_recipe
+    from bertforge.store import is_remote
 
     recipe = load_recipe(recipe_path, overrides)
     if submit:
         check_against_cluster(SlurmJob(nodes=job.nodes, partition=job.partition))
     tasks = unfinished(recipe, job.shares)
-    folder = (staging_folder(recipe) / "slurm").resolve()
+    # The scripts and logs go where every node can write: beside a local out_dir (which the nodes must share), or
+    # for an object store, under the directory the command ran in (the tasks' staging folders are node-local).
+    folder = (staging_folder(recipe) / "slurm" if not is_remote(recipe.out_dir) or recipe.staging_dir
+              else Path.cwd() / "slurm-prep" / Path(recipe_path).stem).resolve()
     array, finish = render_prep_scripts(recipe_path, overrides, job, recipe.workers, tasks, folder, Path.cwd())
     folder.mkdir(parents=True, exist_ok=True)
     array_path, finish_path = folder / "prep-array.sbatch", folder / "prep-finish.sbatch"

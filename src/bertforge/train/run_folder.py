@@ -15,8 +15,9 @@
 A save_folder in an object store (``s3://...``) is mirrored: the run works in a local staging folder of the same
 layout, and each checkpoint is uploaded once complete, its manifest last, so a checkpoint is complete in the store
 exactly when its manifest is there; metrics.jsonl, config.yaml, curves.png and wandb_run_id follow. Before a
-restart (or the next phase, or an export) ``pull`` brings the newest complete checkpoint back, and finishes the
-upload of any complete local checkpoint the store lacks (an upload cut off by a crash).
+restart ``pull`` makes the staging folder the store's copy (the newest complete checkpoint brought back, local
+checkpoints the store does not hold complete set aside), and the next phase or an export fetch the newest
+complete checkpoint without touching anything else.
 
 Imports no torch at module level; reading a checkpoint loads it when called.
 """
@@ -112,9 +113,13 @@ class RunFolder:
         return None
 
     def final_checkpoint(self) -> Path:
-        """The checkpoint a finished run (a previous phase) ended with: its newest checkpoint that verifies."""
-        self.pull()
-        found = self.newest_valid_checkpoint()
+        """The checkpoint a finished run (a previous phase) ended with: its newest checkpoint that verifies (for a
+        folder in an object store, its newest complete one there, fetched; nothing else here is touched)."""
+        if self.remote is not None:
+            complete = _complete_checkpoints(self.remote.sizes())
+            found = self.fetch(complete[0]) if complete else None
+        else:
+            found = self.newest_valid_checkpoint()
         if found is None:
             raise ConfigError(f"the previous phase has no complete checkpoint in '{self.location}'; run it first, "
                               f"or set checkpoint.load_path yourself")
@@ -156,13 +161,15 @@ class RunFolder:
     _FILES = ("config.yaml", "metrics.jsonl", "curves.png", "wandb_run_id")
 
     def push_checkpoint(self, checkpoint: Path) -> None:
-        """Upload a complete checkpoint: its files, then its manifest."""
+        """Upload a complete checkpoint: its files, the run's record (so that the store's metrics.jsonl reaches at
+        least as far as its newest complete checkpoint), then its manifest."""
         if self.remote is None:
             return
         if checkpoint.is_dir():
             self.remote.upload_tree(checkpoint, checkpoint.name)
         else:
             self.remote.upload(checkpoint, checkpoint.name)
+        self.push_files()
         self.remote.upload(manifest_path(checkpoint), manifest_path(checkpoint).name)
 
     def push_files(self) -> None:
@@ -183,25 +190,25 @@ class RunFolder:
             self.remote.delete([key for key in stored if key == name or key.startswith(name + "/")])
 
     def pull(self) -> None:
-        """Make the staging folder ready to resume from the store: the run's record where it is missing here, any
-        complete local checkpoint the store lacks uploaded, and the newest complete stored checkpoint downloaded
-        (files first, manifest last) unless it is here already."""
+        """Before a restart (by the run itself, holding its lock): make the staging folder the store's copy. The
+        run's record is taken from the store; a local checkpoint that is not complete in the store (an upload cut
+        off, or a staging folder left from another run) is set aside; the newest complete stored checkpoint is
+        downloaded (files first, manifest last) unless the same one is here."""
         if self.remote is None:
             return
         self.path.mkdir(parents=True, exist_ok=True)
         stored = self.remote.sizes()
         for name in self._FILES:
-            if name in stored and not (self.path / name).exists():
+            if name in stored:
                 self.remote.download(name, self.path / name)
-        complete = {key.removesuffix(MANIFEST_SUFFIX) for key in stored
-                    if key.endswith(MANIFEST_SUFFIX) and "/" not in key and _CHECKPOINT_NAME.match(key)}
+            else:
+                (self.path / name).unlink(missing_ok=True)
+        complete = _complete_checkpoints(stored)
         for local in self.checkpoints():
-            if local.name not in complete and verify(local) is None:
-                print(f"uploading {local.name}, complete here but not in {self.remote}", flush=True)
-                self.push_checkpoint(local)
-                complete.add(local.name)
+            if local.name not in complete:
+                self._set_aside(local, f"which is not complete in {self.remote}")
         if complete:
-            self.fetch(max(complete, key=lambda name: int(_CHECKPOINT_NAME.match(name).group(1))), stored)
+            self.fetch(complete[0], stored)
 
     def fetch(self, name: str, stored: dict[str, int] | None = None) -> Path:
         """The stored checkpoint ``name`` in the staging folder (downloaded, files first and manifest last, unless
@@ -221,6 +228,13 @@ class RunFolder:
         self.remote.download(name + MANIFEST_SUFFIX, manifest_path(local))
         print(f"downloaded {name} from {self.remote}", flush=True)
         return local
+
+
+def _complete_checkpoints(stored: dict[str, int]) -> list[str]:
+    """The checkpoints complete in a store listing (their manifest is there), newest first."""
+    names = [key.removesuffix(MANIFEST_SUFFIX) for key in stored
+             if key.endswith(MANIFEST_SUFFIX) and "/" not in key and _CHECKPOINT_NAME.match(key)]
+    return sorted(names, key=lambda name: int(_CHECKPOINT_NAME.match(name).group(1)), reverse=True)
 
 
 def fetch_checkpoint(url: str) -> Path:

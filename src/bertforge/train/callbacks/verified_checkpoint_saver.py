@@ -47,7 +47,6 @@ class VerifiedCheckpointSaver(CheckpointSaver):
             for saved in set(self.saved_checkpoints) - before:
                 write_manifest(_checkpoint_root(Path(saved), state))
                 self.run_folder.push_checkpoint(_checkpoint_root(Path(saved), state))
-            self.run_folder.push_files()
             for manifest in Path(self.folder).glob(f"*{MANIFEST_SUFFIX}"):  # those of rotated-out checkpoints
                 if not manifest.with_name(manifest.name.removesuffix(MANIFEST_SUFFIX)).exists():
                     manifest.unlink()
