@@ -67,12 +67,15 @@ def test_prep_writes_the_local_bytes_into_the_store_and_resumes_from_it(remote_d
     assert _objects("mds") == _files(local)
     assert not list(staging.rglob("*.zstd")), "uploaded shards stay in the staging folder"
 
-    # The store is the record: a unit whose unit.json never arrived (an upload cut off) is made again, alone.
+    # The store is the record: a unit whose unit.json never arrived (an upload cut off) is made again, alone, and
+    # a unit's record in the staging folder that differs from the store's is replaced by it.
     from bertforge.store import RemoteFolder
 
     store = RemoteFolder(f"{STORE}/mds")
     store.delete(["code/parts/i00-u00000/unit.json", "code/parts/i00-u00000/shard.00000.mds.zstd"])
     store.delete(["code/index.json"])
+    stale = staging / "web" / "parts" / "i00-u00000" / "unit.json"  # as a staging folder left by another prep
+    stale.write_text(stale.read_text().replace('"fingerprint": "', '"fingerprint": "0'))
     result = _bertforge("prep", str(remote_data["recipe"]), f"out_dir={STORE}/mds", f"staging_dir={staging}")
     assert result.returncode == 0, result.stderr
     assert "1/1" in result.stderr, result.stderr  # one unit made, the others found in the store

@@ -78,12 +78,18 @@ class RemoteFolder:
             raise ConfigError(f"{what} '{self.uri}': cannot reach the object store at {endpoint} ({err}); check "
                               f"S3_ENDPOINT_URL and the network") from None
 
-    def sizes(self, under: str = "") -> dict[str, int]:
-        """Every object under ``under`` (a sub-folder name, or '' for all) as {name relative to this folder: bytes}."""
+    def listing(self, under: str = "") -> dict[str, tuple[int, str]]:
+        """Every object under ``under`` (a sub-folder name, or '' for all) as {name relative to this folder:
+        (bytes, ETag)}, by one paginated listing."""
         start = self._key(under.strip("/") + "/" if under else "")
         cut = len(self.prefix) + 1 if self.prefix else 0
         pages = self._store.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start)
-        return {item["Key"][cut:]: item["Size"] for page in pages for item in page.get("Contents", [])}
+        return {item["Key"][cut:]: (item["Size"], item["ETag"].strip('"'))
+                for page in pages for item in page.get("Contents", [])}
+
+    def sizes(self, under: str = "") -> dict[str, int]:
+        """Every object under ``under`` as {name relative to this folder: bytes}."""
+        return {name: size for name, (size, _) in self.listing(under).items()}
 
     def exists(self, name: str) -> bool:
         from botocore.exceptions import ClientError
@@ -111,6 +117,14 @@ class RemoteFolder:
         """``name`` to the file ``local`` (written whole, then renamed into place)."""
         self._store.download_object(name.strip("/"), str(local), overwrite=True)
         return Path(local)
+
+    def sync_down(self, name: str, local: Path, etag: str) -> None:
+        """``name`` to ``local`` unless ``local`` already holds the same bytes (its MD5 is the object's ETag, as S3
+        gives it for a small object uploaded whole; any other ETag means a download)."""
+        import hashlib
+
+        if not (local.is_file() and hashlib.md5(local.read_bytes()).hexdigest() == etag):
+            self.download(name, local)
 
     def read_text(self, name: str) -> str | None:
         """An object's text, or None when there is no such object."""

@@ -347,7 +347,7 @@ def _plan(recipe: PrepRecipe, units_by_source: dict[str, list], out_dir: Path, r
         (out_dir / src.name / "parts").mkdir(parents=True, exist_ok=True)
         if src.holdout.fraction > 0:
             (out_dir / src.name / "eval" / "parts").mkdir(parents=True, exist_ok=True)
-        stored = set(remote.child(src.name).sizes("parts")) if remote is not None else set()
+        stored = remote.child(src.name).listing() if remote is not None else {}
         for unit in units:
             place += 1
             if share is not None and not share.takes(place - 1):
@@ -367,19 +367,20 @@ def _plan(recipe: PrepRecipe, units_by_source: dict[str, list], out_dir: Path, r
     return todo, done
 
 
-def _fetch_stored_unit(source: RemoteFolder, key: str, part_dir: Path, eval_part_dir: Path, stored: set) -> None:
+def _fetch_stored_unit(source: RemoteFolder, key: str, part_dir: Path, eval_part_dir: Path,
+                       stored: dict[str, tuple[int, str]]) -> None:
     """Make the staging folder agree with the store about one unit: its unit.json and index.json (and its
-    held-out part's index.json) when the store holds it whole, nothing of it otherwise."""
+    held-out part's index.json) as the store holds them (fetched unless the same bytes are here, which a staging
+    folder left by another prep of the same URL may not hold), nothing of it when the store does not hold it whole."""
     if f"parts/{key}/unit.json" not in stored:
         shutil.rmtree(part_dir, ignore_errors=True)
         shutil.rmtree(eval_part_dir, ignore_errors=True)
         return
-    if (part_dir / "unit.json").is_file():
-        return
-    for part, local in ((f"parts/{key}", part_dir), (f"eval/parts/{key}", eval_part_dir)):
-        if f"{part}/index.json" in stored or source.exists(f"{part}/index.json"):
-            source.download(f"{part}/index.json", local / "index.json")
-    source.download(f"parts/{key}/unit.json", part_dir / "unit.json")
+    for name, local in ((f"eval/parts/{key}/index.json", eval_part_dir / "index.json"),
+                        (f"parts/{key}/index.json", part_dir / "index.json"),
+                        (f"parts/{key}/unit.json", part_dir / "unit.json")):
+        if name in stored:
+            source.sync_down(name, local, stored[name][1])
 
 
 def _run_units(recipe: PrepRecipe, todo: list[UnitJob], done: dict, progress: bool) -> None:
