@@ -1,7 +1,10 @@
-"""Where bertforge's own files live, so preset names resolve without the user typing repository paths."""
+"""Where bertforge's own files live, so preset names resolve without the user typing repository paths; and where
+its local working copies go (caches, staging folders)."""
 
 from __future__ import annotations
 
+import hashlib
+import tempfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -21,3 +24,11 @@ def resolve_yaml(name_or_path: str | Path, kind: str) -> Path:
         f"no file '{name_or_path}' and no {kind} preset of that name; presets: {', '.join(shipped) or 'none found'}"
         f" (looked in {YAMLS_DIR / kind}; bertforge must be installed from a checkout with `pip install -e .`)"
     )
+
+
+def keyed_folder(key: str, root: str | Path | None, default_root: str) -> Path:
+    """One folder per ``key`` (a URL, or a resolved path) under ``root``, or, when it is None, under
+    ``<system temp>/<default_root>``: a stable local home for a remote dataset's cache or a store folder's staging
+    copy, found again by the next command that names the same key."""
+    base = Path(root) if root else Path(tempfile.gettempdir()) / default_root
+    return base / hashlib.sha256(key.encode()).hexdigest()[:16]

@@ -30,7 +30,7 @@ def is_remote(path: str | Path | None) -> bool:
 class RemoteFolder:
     """A "folder" in a bucket: ``s3://bucket/prefix``; names are relative to the prefix, with ``/`` separators."""
 
-    def __init__(self, uri: str):
+    def __init__(self, uri: str, _client_of: RemoteFolder | None = None):
         scheme, _, rest = str(uri).partition("://")
         if scheme not in SCHEMES:
             raise ConfigError(f"'{uri}': bertforge reads and writes object stores by s3:// URLs (S3 or an "
@@ -40,18 +40,24 @@ class RemoteFolder:
             raise ConfigError(f"'{uri}' names no bucket; write s3://BUCKET/PREFIX")
         self.uri = f"s3://{bucket}/{prefix.strip('/')}".rstrip("/")
         self.bucket, self.prefix = bucket, prefix.strip("/")
+        self._client_of = _client_of
 
     def __repr__(self) -> str:
         return self.uri
 
     def child(self, name: str) -> RemoteFolder:
-        return RemoteFolder(f"{self.uri}/{name.strip('/')}")
+        """A sub-folder, sharing this folder's connection (a boto3 client costs tens of milliseconds to make)."""
+        return RemoteFolder(f"{self.uri}/{name.strip('/')}", _client_of=self)
 
     @functools.cached_property
     def _store(self):
+        """Composer's S3ObjectStore over the whole bucket (object keys are made here, by ``_key``), so that every
+        sub-folder can share it."""
+        if self._client_of is not None:
+            return self._client_of._store
         from composer.utils.object_store import S3ObjectStore
 
-        return S3ObjectStore(bucket=self.bucket, prefix=self.prefix)
+        return S3ObjectStore(bucket=self.bucket)
 
     def _key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
@@ -98,12 +104,12 @@ class RemoteFolder:
             self._store.client.head_object(Bucket=self.bucket, Key=self._key(name))
             return True
         except ClientError as err:
-            if str(err.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchKey", "NotFound"):
+            if _not_found(err):
                 return False
             raise
 
     def upload(self, local: str | Path, name: str) -> None:
-        self._store.upload_object(name.strip("/"), str(local))
+        self._store.upload_object(self._key(name.strip("/")), str(local))
 
     def upload_tree(self, local: str | Path, name: str, last: tuple[str, ...] = ()) -> None:
         """Every file under ``local`` to ``name/...``, the files named in ``last`` after all others: a reader that
@@ -115,7 +121,7 @@ class RemoteFolder:
 
     def download(self, name: str, local: str | Path) -> Path:
         """``name`` to the file ``local`` (written whole, then renamed into place)."""
-        self._store.download_object(name.strip("/"), str(local), overwrite=True)
+        self._store.download_object(self._key(name.strip("/")), str(local), overwrite=True)
         return Path(local)
 
     def sync_down(self, name: str, local: Path, etag: str) -> None:
@@ -133,7 +139,7 @@ class RemoteFolder:
         try:
             body = self._store.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"]
         except ClientError as err:
-            if str(err.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchKey", "NotFound"):
+            if _not_found(err):
                 return None
             raise
         return body.read().decode("utf-8")
@@ -146,3 +152,8 @@ class RemoteFolder:
         for start in range(0, len(names), 1000):
             batch = [{"Key": self._key(n)} for n in names[start:start + 1000]]
             self._store.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch})
+
+
+def _not_found(err) -> bool:
+    """Whether a botocore ClientError says there is no such object."""
+    return str(err.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchKey", "NotFound")

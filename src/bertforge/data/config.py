@@ -6,11 +6,10 @@ Standard library only (plus the schema helper), so a run config loads without to
 
 from __future__ import annotations
 
-import hashlib
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bertforge.paths import keyed_folder
 from bertforge.schema import ConfigError
 from bertforge.store import is_remote
 
@@ -106,9 +105,8 @@ class DataConfig:
 def stream_cache(dataset: str, cache_dir: str | None) -> str:
     """Where a dataset's shards are unpacked when not next to them: one folder per dataset (a local folder or a
     URL) under ``cache_dir`` (default: bertforge-cache in the system's temporary folder)."""
-    root = Path(cache_dir) if cache_dir else Path(tempfile.gettempdir()) / "bertforge-cache"
     key = dataset if is_remote(dataset) else str(Path(dataset).resolve())
-    return str(root / hashlib.sha256(key.encode()).hexdigest()[:16])
+    return str(keyed_folder(key, cache_dir, "bertforge-cache"))
 
 
 def stream_location(dataset: str, cache_dir: str | None) -> tuple[str, str | None]:

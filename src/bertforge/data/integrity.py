@@ -64,14 +64,11 @@ def check_prepared_stream(name: str, local: str | Path, tokenizer: str, fingerpr
     stats.json are fetched into ``local`` (the stream's cache, where streaming then finds the index)."""
     from bertforge.data.provenance import check_stream
 
-    if remote is not None:
-        _fetch_remote_index(name, remote, Path(local))
+    sizes = _fetch_remote_index(name, remote, Path(local)) if remote is not None else None
     index = read_index(local)
-    if remote is None:
+    if sizes is None:
         sizes = {info["basename"]: (Path(local) / info["basename"]).stat().st_size
                  for info in _stored_files(index) if (Path(local) / info["basename"]).is_file()}
-    else:
-        sizes = RemoteFolder(remote).sizes()
     for info in _stored_files(index):
         path = f"{remote or local}/{info['basename']}"
         if info["basename"] not in sizes:
@@ -88,19 +85,22 @@ def _stored_files(index: dict) -> list[dict]:
     return [shard.get("zip_data") or shard["raw_data"] for shard in index["shards"]]
 
 
-def _fetch_remote_index(name: str, remote: str, local: Path) -> None:
-    """index.json and stats.json of a prepared stream in an object store, copied into ``local``."""
+def _fetch_remote_index(name: str, remote: str, local: Path) -> dict[str, int]:
+    """index.json and stats.json of a prepared stream in an object store, copied into ``local``; returns the
+    store's listing ({name: bytes}), taken once."""
     folder = RemoteFolder(remote)
     folder.check(f"data.streams.{name}.remote")
-    local.mkdir(parents=True, exist_ok=True)
-    if folder.read_text("index.json") is None:
+    sizes = folder.sizes()
+    if "index.json" not in sizes:
         raise DataError(f"data.streams.{name}: {remote}/index.json is missing: {remote} holds no prepared dataset; "
                         f"run `bertforge prep` with out_dir in the store, or fix the URL")
+    local.mkdir(parents=True, exist_ok=True)
     for file in ("index.json", "stats.json"):
-        if file == "index.json" or folder.exists(file):
+        if file in sizes:
             folder.download(file, local / file)
         else:
             (local / file).unlink(missing_ok=True)
+    return sizes
 
 
 @dataclass

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import multiprocessing
 import os
@@ -35,6 +36,7 @@ from bertforge.data.sources import Unit, check_text_fields, plan_units, read_uni
 from bertforge.data.tokenizer import load_tokenizer, special_ids, tokenizer_size_and_specials
 from bertforge.errors import DataError
 from bertforge.folder_lock import acquire_lock, release_lock
+from bertforge.paths import keyed_folder
 from bertforge.schema import ConfigError
 from bertforge.store import RemoteFolder, is_remote
 
@@ -43,6 +45,12 @@ PIECE_CHARS = 1 << 20
 """Longest text handed to the tokenizer at once: a longer document is tokenized in pieces cut before a space
 between words (where the byte-level pre-tokenizer splits anyway, so the ids are the same), because the tokenizer's memory grows
 with its input: one 50 MB single-line document took a worker to 9.2 GB."""
+
+
+@functools.cache
+def _worker_store(uri: str) -> RemoteFolder:
+    """One store connection per worker process and source, for all the units it uploads."""
+    return RemoteFolder(uri)
 
 
 @functools.cache
@@ -197,7 +205,7 @@ def upload_unit(job: UnitJob) -> None:
     """A finished unit into the store: its held-out part, then its part with unit.json last, so that a unit is
     complete in the store exactly when its unit.json is there. Whatever an earlier, cut-off upload left is deleted
     first. Locally only the small index.json and unit.json stay (the merge reads them)."""
-    source = RemoteFolder(job.remote)
+    source = _worker_store(job.remote)
     for part, local in ((f"eval/parts/{job.unit.key}", job.eval_part_dir), (f"parts/{job.unit.key}", job.part_dir)):
         if stale := list(source.sizes(part)):
             source.delete(stale)
@@ -279,12 +287,7 @@ def staging_folder(recipe: PrepRecipe) -> Path:
     a folder per store URL under the system's temporary folder)."""
     if not is_remote(recipe.out_dir):
         return Path(recipe.out_dir)
-    if recipe.staging_dir:
-        return Path(recipe.staging_dir)
-    import hashlib
-    import tempfile
-
-    return Path(tempfile.gettempdir()) / "bertforge-prep" / hashlib.sha256(recipe.out_dir.encode()).hexdigest()[:16]
+    return Path(recipe.staging_dir) if recipe.staging_dir else keyed_folder(recipe.out_dir, None, "bertforge-prep")
 
 
 def prepare(recipe: PrepRecipe, *, progress: bool = True, force: bool = False, share: Share | None = None,
@@ -296,9 +299,7 @@ def prepare(recipe: PrepRecipe, *, progress: bool = True, force: bool = False, s
     units and does not ``finish`` (returns {}); the last step does no ``work`` and finishes: it writes each
     source's index.json and stats.json, or names the units that are still missing."""
     load_tokenizer(recipe.tokenizer)  # fail before forking workers if the tokenizer is missing
-    remote = RemoteFolder(recipe.out_dir) if is_remote(recipe.out_dir) else None
-    if remote is not None:
-        remote.check("out_dir")
+    remote = _checked_store(recipe)
     out_dir = staging_folder(recipe)
     units_by_source = {src.name: plan_units(src, recipe.files_per_unit) for src in recipe.sources}
     for units in units_by_source.values():
@@ -319,14 +320,21 @@ def prepare(recipe: PrepRecipe, *, progress: bool = True, force: bool = False, s
 
 def unfinished(recipe: PrepRecipe, shares: int | None = None) -> list[str] | list[int]:
     """The units (source/key) not yet finished in ``out_dir``; with ``shares``, the shares that hold any."""
-    remote = RemoteFolder(recipe.out_dir) if is_remote(recipe.out_dir) else None
-    if remote is not None:
-        remote.check("out_dir")
+    remote = _checked_store(recipe)
     units_by_source = {src.name: plan_units(src, recipe.files_per_unit) for src in recipe.sources}
     todo, _ = _plan(recipe, units_by_source, staging_folder(recipe), remote, force=False)
     if shares is None:
         return [f"{job.unit.source}/{job.unit.key}" for _, job in todo]
     return sorted({place % shares for place, _ in todo})
+
+
+def _checked_store(recipe: PrepRecipe) -> RemoteFolder | None:
+    """``out_dir`` as a store folder, its bucket checked; None for a local out_dir."""
+    if not is_remote(recipe.out_dir):
+        return None
+    remote = RemoteFolder(recipe.out_dir)
+    remote.check("out_dir")
+    return remote
 
 
 def _plan(recipe: PrepRecipe, units_by_source: dict[str, list], out_dir: Path, remote: RemoteFolder | None,
@@ -338,7 +346,7 @@ def _plan(recipe: PrepRecipe, units_by_source: dict[str, list], out_dir: Path, r
     index.json are fetched into the staging folder for the merge); a unit finished locally but not uploaded whole
     is made again."""
     fingerprint = tokenizer_fingerprint(recipe.tokenizer)
-    todo, done, place = [], {}, 0
+    todo, done, places = [], {}, itertools.count()
     for src in recipe.sources:
         units = units_by_source[src.name]
         if not units:
@@ -347,21 +355,21 @@ def _plan(recipe: PrepRecipe, units_by_source: dict[str, list], out_dir: Path, r
         (out_dir / src.name / "parts").mkdir(parents=True, exist_ok=True)
         if src.holdout.fraction > 0:
             (out_dir / src.name / "eval" / "parts").mkdir(parents=True, exist_ok=True)
-        stored = remote.child(src.name).listing() if remote is not None else {}
+        source_store = remote.child(src.name) if remote is not None else None
+        stored = source_store.listing() if source_store is not None else {}
         for unit in units:
-            place += 1
-            if share is not None and not share.takes(place - 1):
+            place = next(places)
+            if share is not None and not share.takes(place):
                 continue
             part_dir = out_dir / src.name / "parts" / unit.key
             eval_part_dir = out_dir / src.name / "eval" / "parts" / unit.key
-            if remote is not None:
-                _fetch_stored_unit(remote.child(src.name), unit.key, part_dir, eval_part_dir, stored)
+            if source_store is not None:
+                _fetch_stored_unit(source_store, unit.key, part_dir, eval_part_dir, stored)
             stats = _done_unit_stats(unit, part_dir, provenance, force)
             if stats is None:
-                todo.append((place - 1, UnitJob(unit, recipe.tokenizer, recipe.max_seq_len, recipe.shard_size_limit,
+                todo.append((place, UnitJob(unit, recipe.tokenizer, recipe.max_seq_len, recipe.shard_size_limit,
                                             part_dir, eval_part_dir, src.holdout.fraction, provenance,
-                                            recipe.on_bad_file,
-                                            remote.child(src.name).uri if remote is not None else None)))
+                                            recipe.on_bad_file, source_store.uri if source_store else None)))
             else:
                 done[(src.name, unit.key)] = stats
     return todo, done
@@ -454,8 +462,9 @@ def _finish(recipe: PrepRecipe, units_by_source: dict[str, list], out_dir: Path,
                                 "tokens": held_stats["tokens"]}
         write_text_atomic(source_dir / "stats.json", json.dumps(stats, indent=1) + "\n")
         if remote is not None:
+            source_store = remote.child(src.name)
             for name in written:
-                remote.child(src.name).upload(source_dir / name, name)
+                source_store.upload(source_dir / name, name)
         results[src.name] = stats
     return results
 

@@ -28,6 +28,7 @@ import re
 from pathlib import Path
 
 from bertforge.errors import CheckpointError
+from bertforge.paths import keyed_folder
 from bertforge.schema import ConfigError
 from bertforge.store import RemoteFolder, is_remote
 from bertforge.train.checkpoint_integrity import (
@@ -60,13 +61,8 @@ def open_run_folder(save_folder: str, staging_folder: str | None = None) -> RunF
     it (``staging_folder``, default one per URL under the system's temporary folder)."""
     if not is_remote(save_folder):
         return RunFolder(save_folder)
-    if staging_folder is None:
-        import hashlib
-        import tempfile
-
-        digest = hashlib.sha256(save_folder.rstrip("/").encode()).hexdigest()[:16]
-        staging_folder = str(Path(tempfile.gettempdir()) / "bertforge-runs" / digest)
-    return RunFolder(staging_folder, remote=save_folder)
+    staging = staging_folder or keyed_folder(save_folder.rstrip("/"), None, "bertforge-runs")
+    return RunFolder(staging, remote=save_folder)
 
 
 class RunFolder:
@@ -212,7 +208,7 @@ class RunFolder:
 
     def fetch(self, name: str, stored: dict[str, int] | None = None) -> Path:
         """The stored checkpoint ``name`` in the staging folder (downloaded, files first and manifest last, unless
-        the same checkpoint, by its manifest, is here already and verifies)."""
+        the same checkpoint, by its manifest, is here already), verified against its manifest."""
         local = self.path / name
         stored = self.remote.sizes() if stored is None else stored
         if name + MANIFEST_SUFFIX not in stored:
@@ -227,6 +223,9 @@ class RunFolder:
                 self.remote.download(key, self.path / key)
         self.remote.download(name + MANIFEST_SUFFIX, manifest_path(local))
         print(f"downloaded {name} from {self.remote}", flush=True)
+        problem = verify(local)
+        if problem is not None:
+            raise CheckpointError(f"{self.remote}/{name}, downloaded to {local}: {problem}")
         return local
 
 
@@ -242,14 +241,8 @@ def fetch_checkpoint(url: str) -> Path:
     (then its newest complete checkpoint)."""
     parent, _, name = url.rstrip("/").rpartition("/")
     if _CHECKPOINT_NAME.match(name) and not name.endswith(MANIFEST_SUFFIX):
-        folder = open_run_folder(parent)
-        local = folder.fetch(name)
-    else:
-        local = open_run_folder(url).final_checkpoint()
-    problem = verify(local)
-    if problem is not None:
-        raise CheckpointError(f"{url}: {problem}")
-    return local
+        return open_run_folder(parent).fetch(name)
+    return open_run_folder(url).final_checkpoint()
 
 
 def read_checkpoint_state(path: Path) -> dict:
