@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from transformers import AutoModelForMaskedLM
 
 BERTFORGE = str(Path(sys.executable).with_name("bertforge"))
@@ -20,6 +21,7 @@ def test_help_lists_subcommands():
         assert command in result.stdout
 
 
+@pytest.mark.command("model info")
 def test_model_info_reports_the_parameter_count():
     result = run("model", "info", "base")
     assert result.returncode == 0, result.stderr
@@ -34,6 +36,7 @@ def test_bad_config_is_an_error_message_not_a_traceback(tmp_path):
     assert "unknown key 'num_heads'" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.command("model init")
 def test_model_init_writes_a_directory_transformers_loads(tmp_path):
     result = run("model", "init", "tiny", str(tmp_path / "m"))
     assert result.returncode == 0, result.stderr

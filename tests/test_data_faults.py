@@ -114,6 +114,7 @@ def test_training_with_another_tokenizer_than_the_data_is_refused(tmp_path, samp
 
 # -- integrity ----------------------------------------------------------------------------------------------------
 
+@pytest.mark.command("verify")
 def test_shards_are_hashed_and_a_flipped_bit_is_caught_by_verify_and_by_the_loader(tmp_path, sample_data):
     source = _copy_source(sample_data, tmp_path)
     index = json.loads((source / "index.json").read_text())

@@ -153,6 +153,7 @@ def test_prep_is_deterministic_whatever_the_workers(tmp_path, sample_data):
     assert outputs[0] == outputs[1]
 
 
+@pytest.mark.command("prep")
 def test_killed_prep_resumes_to_the_same_bytes(tmp_path, sample_data):
     from conftest import small_sample_recipe
 

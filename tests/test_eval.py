@@ -99,6 +99,7 @@ def _train(config: Path, *extra: str) -> subprocess.CompletedProcess:
                           check=False)
 
 
+@pytest.mark.command("eval mlm")
 def test_eval_in_training_starts_at_chance_and_equals_bertforge_eval_mlm(tmp_path, held_data):
     config = run_config(tmp_path, held_data, "evaluated", eval=EVAL, export_dir=str(tmp_path / "hf"))
     result = _train(config)

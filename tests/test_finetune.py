@@ -175,6 +175,7 @@ def test_fine_tuned_model_loads_in_transformers_with_equal_logits(pretrained):
                                    hf(input_ids=ids, attention_mask=mask.long()).logits, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.command("finetune")
 def test_finetune_resumes_after_sigkill_skipping_finished_seeds(tmp_path, pretrained, source_task):
     """Killed while its second seed trains, the rerun skips the first (its result untouched) and completes."""
     out = tmp_path / "ft"
@@ -195,6 +196,16 @@ def test_finetune_resumes_after_sigkill_skipping_finished_seeds(tmp_path, pretra
     assert "sample-source seed 18: fine-tuning" in result.stdout
     assert first.read_bytes() == before and (out / "sample-source/seed18/result.json").exists()
     assert "| sample-source | validation | accuracy * |" in (out / "results.md").read_text()
+    # The fine-tuned export works as users call it: its tokenizer's output straight into the Auto class.
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    exported = out / "sample-source/seed18/model"
+    tokenizer = AutoTokenizer.from_pretrained(exported)
+    classifier = AutoModelForSequenceClassification.from_pretrained(exported).eval()
+    with torch.no_grad():
+        logits = classifier(**tokenizer(["def f(x): return x", "A theorem about primes."], padding=True,
+                                        return_tensors="pt")).logits
+    assert logits.shape == (2, 3) and torch.isfinite(logits).all()
     # Other settings into the same folder are refused, not mixed into the table.
     changed = subprocess.run([*command[:-1], "train.epochs=2"], capture_output=True, text=True, timeout=600)
     assert changed.returncode == 2 and "is the result of other settings or another model" in changed.stderr

@@ -233,6 +233,7 @@ def three_checkpoints(tmp_path_factory, sample_data) -> Path:
     return tmp / "published"
 
 
+@pytest.mark.command("export")
 def test_export_all_writes_every_checkpoint_with_an_index_and_model_cards(tmp_path, three_checkpoints):
     from transformers import AutoModelForMaskedLM
 

@@ -87,6 +87,7 @@ def test_plan_lr_and_batch_equal_the_formula_and_the_trainer(tmp_path):
     assert made == small_plan.steps
 
 
+@pytest.mark.command("plan")
 def test_plan_cli_prints_json_and_draws_the_schedule(tmp_path):
     result = subprocess.run([BERTFORGE, "plan", str(ROOT / "yamls/modernbert-large/decay.yaml"), "--json",
                              "--tokens-per-sec", "1e6", "--png", str(tmp_path / "plan.png")],

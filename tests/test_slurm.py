@@ -73,6 +73,7 @@ def _job_log(folder: Path, job_id: str) -> str:
     return (folder / "slurm" / f"slurm-{job_id}.out").read_text()
 
 
+@pytest.mark.command("slurm")
 def test_rendered_script_for_a_gpu_cluster(tmp_path, sample_data):
     """No cluster needed: the script is printed and saved next to the run, with the #SBATCH options, one task per
     GPU, the signal ahead of the time limit, the requeue, the overrides, and it is valid bash."""

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from transformers import AutoTokenizer
 
 
@@ -16,6 +17,7 @@ def test_trained_tokenizer_has_specials_and_padded_vocab(sample_data):
     assert tok.decode(ids[1:-1]) == "def f(x):\n    return x ** 2"
 
 
+@pytest.mark.command("tokenizer train")
 def test_cli_trains_a_tokenizer(tmp_path, sample_data):
     bertforge = str(Path(sys.executable).with_name("bertforge"))
     result = subprocess.run([bertforge, "tokenizer", "train", str(sample_data["recipe"]), "--vocab-size", "500",

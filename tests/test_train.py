@@ -25,6 +25,7 @@ def _train(config: Path, *extra: str, **kwargs) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+@pytest.mark.command("train")
 def test_quickstart_config_trains_end_to_end_and_exports(tmp_path, sample_data):
     from transformers import AutoModelForMaskedLM
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from bertforge import __version__
+from bertforge.errors import CheckpointError, DataError, StoppedBySignal, TrainingDiverged
+from bertforge.schema import ConfigError
+from bertforge.train.signals import REQUEUE_EXIT_CODE
 
 DIVERGED_EXIT_CODE = 3
 """`bertforge train` stopped by its divergence guard (2: a bad config or input; 75: stopped by a signal, resume)."""
@@ -19,27 +21,30 @@ def _model_info(args: argparse.Namespace) -> None:
 
 
 def _model_init(args: argparse.Namespace) -> None:
-    import torch
+    from bertforge.model import load_model_config
+    from bertforge.train.export import export_fresh_model
 
-    from bertforge.model import ModernBertForMaskedLM, load_model_config
-
-    torch.manual_seed(args.seed)
-    model = ModernBertForMaskedLM(load_model_config(args.model, args.overrides))
-    model.save_pretrained(args.out)
-    print(f"wrote a freshly initialised {args.model} model to {args.out}")
+    out = export_fresh_model(load_model_config(args.model, args.overrides), args.out, args.seed, args.tokenizer)
+    print(f"wrote a freshly initialised {args.model} model to {out}")
 
 
 def _prep(args: argparse.Namespace) -> None:
+    if args.slurm:
+        from bertforge.slurm import PrepJob, prepare_prep_job, submit_prep
+
+        job = PrepJob(nodes=args.nodes, tasks_per_node=args.tasks_per_node, partition=args.partition,
+                      time=args.time, account=args.account)
+        array, finish, what = prepare_prep_job(args.recipe, args.overrides, job, submit=args.submit)
+        print(what)
+        print(f"saved {array or '(no array job)'} and {finish}")
+        if args.submit:
+            array_id, finish_id = submit_prep(array, finish)
+            print(f"submitted array job {array_id or '(none)'} and finishing job {finish_id}")
+        return
     from bertforge.data.prep import Share, prepare, summarize
     from bertforge.data.recipe import load_recipe
 
-    if args.slurm:
-        _prep_slurm(args)
-        return
-    share = None
-    if args.share:
-        index, _, count = args.share.partition("/")
-        share = Share(int(index), int(count))
+    share = Share.parse(args.share) if args.share else None
     results = prepare(load_recipe(args.recipe, args.overrides), progress=not args.no_progress, force=args.force,
                       share=share, work=not args.finish, finish=share is None)
     if share is None:
@@ -48,88 +53,23 @@ def _prep(args: argparse.Namespace) -> None:
         print(f"share {share.index}/{share.count} prepared; the finishing step writes the sources' indexes")
 
 
-def _prep_slurm(args: argparse.Namespace) -> None:
-    from bertforge.slurm import PrepJob, prepare_prep_job, submit_prep
-
-    job = PrepJob(nodes=args.nodes, tasks_per_node=args.tasks_per_node, partition=args.partition, time=args.time,
-                  account=args.account)
-    array, finish, what = prepare_prep_job(args.recipe, args.overrides, job, submit=args.submit)
-    print(what)
-    print(f"saved {array or '(no array job)'} and {finish}")
-    if args.submit:
-        array_id, finish_id = submit_prep(array, finish)
-        print(f"submitted array job {array_id or '(none)'} and finishing job {finish_id}")
-
-
 def _verify(args: argparse.Namespace) -> None:
-    from bertforge.data.integrity import verify
-    from bertforge.errors import DataError
+    from bertforge.data.integrity import format_reports, raise_on_problems, verify
 
     reports = verify(args.folder)
-    for report in reports:
-        print(f"{report.folder}: {report.shards} shards, {report.samples:,} samples, "
-              f"{'OK' if not report.problems else f'{len(report.problems)} problem(s)'}")
-        for problem in report.problems:
-            print(f"  {problem}")
-    bad = sum(len(r.problems) for r in reports)
-    if bad:
-        raise DataError(f"{args.folder}: {bad} problem(s) found (listed above); prepare the affected sources again "
-                        f"(`bertforge prep RECIPE --force`) or restore their shards")
+    print(format_reports(reports))
+    raise_on_problems(args.folder, reports)
 
 
 def _eval_mlm(args: argparse.Namespace) -> None:
     import json
-    from pathlib import Path
 
     from bertforge.eval.config import EvalConfig
-    from bertforge.eval.mlm import evaluate, load_eval_set
+    from bertforge.eval.evaluate import evaluate_model, format_result
 
-    model_path = Path(args.model)
-    if (model_path / "config.json").is_file():
-        from bertforge.model import ModernBertForMaskedLM
-
-        model = ModernBertForMaskedLM.from_pretrained(model_path)
-    else:
-        from bertforge.train.export import load_checkpoint_model
-
-        model = load_checkpoint_model(model_path)
     config = EvalConfig(max_tokens=args.max_tokens, rows=args.rows, mask_rate=args.mask_rate, seed=args.seed)
-    seq_len = args.seq_len or model.config.max_position_embeddings
-    sets = []
-    for dataset in (d.rstrip("/") for d in args.data.split(",") if d):
-        parts = dataset.split("/")
-        name = parts[-2] if parts[-1] == "eval" and len(parts) > 1 else parts[-1]
-        tokenizer = args.tokenizer or _dataset_tokenizer(dataset, model_path)
-        sets.append(load_eval_set(name, dataset, tokenizer, config, seq_len, model.config.vocab_size))
-    result = evaluate(model, sets)
-    if args.json:
-        print(json.dumps(result, indent=1))
-        return
-    print(f"{'stream':12} {'loss':>8} {'accuracy':>9} {'perplexity':>11} {'predictions':>12}")
-    for name, row in [*result["streams"].items(), ("all", result)]:
-        print(f"{name:12} {row['loss']:>8.4f} {row['accuracy']:>9.2%} {row['perplexity']:>11.2f} "
-              f"{row['predictions']:>12,}")
-
-
-def _dataset_tokenizer(dataset: str, model_path) -> str:
-    """The tokenizer beside an exported model, else the one a prepared dataset (a folder or a URL) records."""
-    import json
-    from pathlib import Path
-
-    from bertforge.store import RemoteFolder, is_remote
-
-    if (model_path / "tokenizer.json").is_file():
-        return str(model_path)
-    if is_remote(dataset):
-        text = RemoteFolder(dataset).read_text("stats.json")
-    else:
-        text = (Path(dataset) / "stats.json").read_text() if (Path(dataset) / "stats.json").is_file() else None
-    if text and "provenance" in (recorded := json.loads(text)):
-        return recorded["provenance"]["tokenizer"]
-    from bertforge.schema import ConfigError
-
-    raise ConfigError(f"{dataset}: no tokenizer recorded (no stats.json provenance) and none beside the model; "
-                      f"pass --tokenizer")
+    result = evaluate_model(args.model, args.data.split(","), config, seq_len=args.seq_len, tokenizer=args.tokenizer)
+    print(json.dumps(result, indent=1) if args.json else format_result(result))
 
 
 def _tokenizer_train(args: argparse.Namespace) -> None:
@@ -138,12 +78,11 @@ def _tokenizer_train(args: argparse.Namespace) -> None:
     from bertforge.data.tokenizer import train_tokenizer
 
     texts = recipe_texts(load_recipe(args.recipe, args.overrides), progress=True)
-    out = train_tokenizer(texts, args.vocab_size, args.out)
-    print(f"wrote tokenizer to {out}")
+    print(f"wrote tokenizer to {train_tokenizer(texts, args.vocab_size, args.out)}")
 
 
 def _train(args: argparse.Namespace) -> None:
-    from bertforge.train.signals import REQUEUE_EXIT_CODE, record_stop_signals
+    from bertforge.train.signals import record_stop_signals
 
     record_stop_signals()  # first, before torch is imported: see bertforge.train.signals
     from bertforge.train.config import load_train_config, resolved_yaml
@@ -152,30 +91,9 @@ def _train(args: argparse.Namespace) -> None:
     if args.print_config:
         print(resolved_yaml(config), end="")
         return
-    downstream = _downstream_tasks(config.downstream)  # before training: a task that cannot load fails now
-    from bertforge.train.callbacks.stop_on_signal import StoppedBySignal
-    from bertforge.train.run import train
+    from bertforge.finetune.downstream import train_with_downstream
 
-    try:
-        print(f"run finished; checkpoints and metrics in {train(config)}")
-    except StoppedBySignal as stop:
-        print(f"bertforge: {stop}", file=sys.stderr)
-        raise SystemExit(REQUEUE_EXIT_CODE) from None
-    if downstream and os.environ.get("RANK", "0") == "0":
-        from bertforge.finetune.suite import format_table, run_suite
-
-        out = f"{config.save_folder}/downstream"
-        print(format_table(run_suite(downstream, config.export_dir, out)), end="")
-        print(f"downstream results in {out}/results.json")
-
-
-def _downstream_tasks(targets: list[str]) -> list:
-    """The tasks of a run's ``downstream:`` list, loaded (and so checked) before the run trains."""
-    if not targets:
-        return []
-    from bertforge.finetune.suite import load_suite
-
-    return [task for target in targets for task in load_suite(target)]
+    train_with_downstream(config)
 
 
 def _finetune(args: argparse.Namespace) -> None:
@@ -185,8 +103,7 @@ def _finetune(args: argparse.Namespace) -> None:
 
     tasks = load_suite(args.tasks_from, args.overrides, args.tasks.split(",") if args.tasks else None, args.seeds)
     out = args.out or str(Path("runs/finetune") / Path(args.model).resolve().name)
-    table = run_suite(tasks, args.model, out, tokenizer=args.tokenizer)
-    print(format_table(table), end="")
+    print(format_table(run_suite(tasks, args.model, out, tokenizer=args.tokenizer)), end="")
     print(f"results in {out}/results.json and results.md; models in {out}/<task>/seed<N>/model")
 
 
@@ -215,59 +132,51 @@ def _slurm(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from bertforge.train.export import export_checkpoint, export_run
+    from bertforge.train.export import export_checkpoint, export_run, fix_tokenizer
 
+    if args.fix_tokenizer:
+        if args.out or args.all:
+            raise ConfigError("--fix-tokenizer rewrites an exported directory in place: `bertforge export DIR "
+                              "--fix-tokenizer`, with no OUT or --all")
+        print(f"rewrote the tokenizer configuration of {fix_tokenizer(args.checkpoint)}")
+        return
+    if not args.out:
+        raise ConfigError("export needs OUT, the directory to write (`bertforge export CHECKPOINT OUT`)")
     if args.all:
         rows = export_run(args.checkpoint, args.out, every_tokens=args.every, tokenizer=args.tokenizer)
         print(f"exported {len(rows)} checkpoint(s) to {args.out} (index.json, index.md)")
         return
     if args.every:
-        from bertforge.schema import ConfigError
-
         raise ConfigError("--every needs --all (a run folder)")
-    model_config = None
-    if args.model:
-        from bertforge.model.config import load_model_config
+    from bertforge.model.config import load_model_config
 
-        model_config = load_model_config(args.model)
+    model_config = load_model_config(args.model) if args.model else None
     print(f"exported to {export_checkpoint(args.checkpoint, args.out, args.tokenizer, model_config)}")
 
 
 def _quickstart(args: argparse.Namespace) -> None:
-    """Sample corpus -> tokenizer -> shards -> a tiny CPU run -> a HuggingFace export; finished steps are skipped."""
-    from pathlib import Path
+    from bertforge.quickstart import run_quickstart
 
-    from bertforge.paths import REPO_ROOT
-
-    recipe = str(REPO_ROOT / "data_prep/sample.yaml")
-    if not Path("data/sample/tokenizer/tokenizer.json").is_file():
-        _tokenizer_train(argparse.Namespace(recipe=recipe, overrides=[], vocab_size=8192,
-                                            out="data/sample/tokenizer"))
-    # Prep always runs: it skips the units already made with this tokenizer and length, and (the sample data
-    # being the quickstart's own) makes again those made with another.
-    _prep(argparse.Namespace(recipe=recipe, overrides=[], no_progress=False, force=True))
-    _train(argparse.Namespace(config=str(REPO_ROOT / "yamls/quickstart.yaml"), overrides=args.overrides,
-                              print_config=False))
+    print(run_quickstart(args.overrides, small=args.small))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bertforge", description="Pretrain ModernBERT-style encoders: prepare data, train, export.")
-    parser.add_argument("--version", action="version", version=f"bertforge {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_model(commands) -> None:
     model = commands.add_parser("model", help="inspect or initialise a model preset")
-    model_commands = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
-    info = model_commands.add_parser("info", help="print a preset's architecture and parameter counts")
+    actions = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+    info = actions.add_parser("info", help="print a preset's architecture and parameter counts")
     info.add_argument("model", help="preset name (tiny, base, large) or a model YAML file")
     info.add_argument("overrides", nargs="*", help="key=value overrides of the model config")
     info.set_defaults(func=_model_info)
-    init = model_commands.add_parser("init", help="write a freshly initialised model as a HuggingFace directory")
+    init = actions.add_parser("init", help="write a freshly initialised model as a HuggingFace directory")
     init.add_argument("model", help="preset name (tiny, base, large) or a model YAML file")
     init.add_argument("out", help="output directory")
     init.add_argument("overrides", nargs="*", help="key=value overrides of the model config")
     init.add_argument("--seed", type=int, default=17)
+    init.add_argument("--tokenizer", help="tokenizer to save beside the model (a directory or hub name)")
     init.set_defaults(func=_model_init)
 
+
+def _add_prep(commands) -> None:
     prep = commands.add_parser("prep", help="tokenize a recipe's sources into MDS shards")
     prep.add_argument("recipe", help="data recipe YAML (see data_prep/)")
     prep.add_argument("overrides", nargs="*", help="key=value overrides of the recipe")
@@ -290,15 +199,19 @@ def build_parser() -> argparse.ArgumentParser:
     spread.add_argument("--finish", action="store_true", help=argparse.SUPPRESS)  # the finishing step
     prep.set_defaults(func=_prep)
 
+
+def _add_verify(commands) -> None:
     verify = commands.add_parser("verify", help="check a prepared dataset: every shard present, sized and hashed as "
                                                 "its index says, sample counts as stats.json says")
     verify.add_argument("folder", help="a prepared source (holding index.json), or a prep's out_dir of sources")
     verify.set_defaults(func=_verify)
 
+
+def _add_eval(commands) -> None:
     evaluation = commands.add_parser("eval", help="evaluate a model")
-    eval_commands = evaluation.add_subparsers(dest="eval_command", metavar="KIND", required=True)
-    mlm = eval_commands.add_parser("mlm", help="masked-LM loss, accuracy and perplexity on prepared (held-out) data, "
-                                               "the numbers a run's eval: block logs")
+    kinds = evaluation.add_subparsers(dest="eval_command", metavar="KIND", required=True)
+    mlm = kinds.add_parser("mlm", help="masked-LM loss, accuracy and perplexity on prepared (held-out) data, "
+                                       "the numbers a run's eval: block logs")
     mlm.add_argument("model", help="a HuggingFace ModernBERT directory (ours or transformers') or a checkpoint of ours")
     mlm.add_argument("--data", required=True, help="prepared datasets, comma-separated (e.g. mds/web/eval,mds/code/eval)")
     mlm.add_argument("--max-tokens", type=int, default=1_000_000, help="real tokens per dataset (default 1M)")
@@ -310,21 +223,27 @@ def build_parser() -> argparse.ArgumentParser:
     mlm.add_argument("--json", action="store_true", help="print the result as JSON")
     mlm.set_defaults(func=_eval_mlm)
 
-    tokenizer = commands.add_parser("tokenizer", help="train a tokenizer")
-    tokenizer_commands = tokenizer.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
-    train_tok = tokenizer_commands.add_parser("train", help="train a byte-level BPE on a recipe's sources")
-    train_tok.add_argument("recipe", help="data recipe YAML whose sources are the training text")
-    train_tok.add_argument("overrides", nargs="*", help="key=value overrides of the recipe")
-    train_tok.add_argument("--vocab-size", type=int, required=True, help="target size, padded to a multiple of 64")
-    train_tok.add_argument("--out", required=True, help="output tokenizer directory")
-    train_tok.set_defaults(func=_tokenizer_train)
 
+def _add_tokenizer(commands) -> None:
+    tokenizer = commands.add_parser("tokenizer", help="train a tokenizer")
+    actions = tokenizer.add_subparsers(dest="tokenizer_command", metavar="ACTION", required=True)
+    train = actions.add_parser("train", help="train a byte-level BPE on a recipe's sources")
+    train.add_argument("recipe", help="data recipe YAML whose sources are the training text")
+    train.add_argument("overrides", nargs="*", help="key=value overrides of the recipe")
+    train.add_argument("--vocab-size", type=int, required=True, help="target size, padded to a multiple of 64")
+    train.add_argument("--out", required=True, help="output tokenizer directory")
+    train.set_defaults(func=_tokenizer_train)
+
+
+def _add_train(commands) -> None:
     train = commands.add_parser("train", help="pretrain from a run config")
     train.add_argument("config", help="run config YAML (see yamls/)")
     train.add_argument("overrides", nargs="*", help="key=value overrides, dotted (optimizer.lr=1e-3)")
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     train.set_defaults(func=_train)
 
+
+def _add_finetune(commands) -> None:
     finetune = commands.add_parser(
         "finetune", help="fine-tune a model on a task (a task YAML) or a suite of them (glue), over seeds",
         description="Fine-tune MODEL on each task and seed, keep each seed's best epoch, and write the results table "
@@ -341,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--tokenizer", help="tokenizer directory or hub name (default: the model directory's)")
     finetune.set_defaults(func=_finetune)
 
+
+def _add_plan(commands) -> None:
     plan = commands.add_parser("plan", help="tokens, steps, batch, LR milestones, checkpoints and time of a phase "
                                             "and the phases before it, without training")
     plan.add_argument("config", help="run config YAML of a phase (its predecessors are followed via phase.after)")
@@ -352,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--png", help="draw LR and batch size against tokens into this PNG")
     plan.set_defaults(func=_plan)
 
+
+def _add_slurm(commands) -> None:
     slurm = commands.add_parser("slurm", help="write (and --submit) the sbatch script of a multi-node run",
                                 description="Render slurm/bertforge.sbatch for a run config, save it as "
                                             "<save_folder>/slurm/<run_name>.sbatch, and with --submit check the "
@@ -371,11 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     slurm.add_argument("--submit", action="store_true", help="check the partition and submit with sbatch")
     slurm.set_defaults(func=_slurm)
 
+
+def _add_export(commands) -> None:
     export = commands.add_parser("export", help="export a checkpoint (or with --all every checkpoint of a run) to "
                                                 "HuggingFace directories")
     export.add_argument("checkpoint", help="a checkpoint written by bertforge train (.pt, or a sharded directory), a "
                                            "research-repository Composer checkpoint (.pt), or with --all a run folder")
-    export.add_argument("out", help="output directory")
+    export.add_argument("out", nargs="?", help="output directory")
     export.add_argument("--tokenizer", help="tokenizer to save beside the model (--all: default the run's)")
     export.add_argument("--all", action="store_true", help="every checkpoint of the run folder, one directory each "
                                                             "(step<N>-tokens<T>) with a model card, and an index")
@@ -383,11 +308,34 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --all: only the first checkpoint at or past each multiple of this many tokens")
     export.add_argument("--model", help="architecture (preset or YAML) of a research checkpoint that stores no "
                                         "HuggingFace config")
+    export.add_argument("--fix-tokenizer", action="store_true", help="rewrite, in place, the tokenizer configuration "
+                        "of a directory exported by an earlier bertforge (so AutoModel and sentence-transformers "
+                        "take its inputs)")
     export.set_defaults(func=_export)
 
-    quick = commands.add_parser("quickstart", help="sample data, tokenizer, a tiny CPU run and its export")
+
+def _add_quickstart(commands) -> None:
+    quick = commands.add_parser("quickstart", help="sample data, tokenizer, a tiny CPU run and its export",
+                                description="The built-in sample corpus, a tokenizer trained on it, its shards, a "
+                                            "tiny CPU pretraining run and its HuggingFace export, then a summary. "
+                                            "Run again, it skips what is done.")
     quick.add_argument("overrides", nargs="*", help="key=value overrides of yamls/quickstart.yaml")
+    quick.add_argument("--small", action="store_true", help="a slice of the corpus and 60k training tokens, into "
+                       "data/sample-small and runs/quickstart-small: the whole pipeline in about a minute")
     quick.set_defaults(func=_quickstart)
+
+
+COMMANDS = (_add_model, _add_prep, _add_verify, _add_eval, _add_tokenizer, _add_train, _add_finetune, _add_plan,
+            _add_slurm, _add_export, _add_quickstart)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bertforge",
+                                     description="Pretrain ModernBERT-style encoders: prepare data, train, export.")
+    parser.add_argument("--version", action="version", version=f"bertforge {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(commands)
     return parser
 
 
@@ -400,9 +348,6 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from bertforge.errors import CheckpointError, DataError, TrainingDiverged
-    from bertforge.schema import ConfigError
-
     try:
         args.func(args)
     except (ConfigError, CheckpointError, DataError, FileNotFoundError) as err:
@@ -411,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as err:
         print(f"bertforge: error: {err}", file=sys.stderr)
         return DIVERGED_EXIT_CODE
+    except StoppedBySignal as stop:
+        print(f"bertforge: {stop}", file=sys.stderr)
+        return REQUEUE_EXIT_CODE
     return 0
 
 

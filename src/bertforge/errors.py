@@ -14,3 +14,7 @@ class TrainingDiverged(RuntimeError):
 
 class DataError(ValueError):
     """Prepared data, or a prep's input or worker, that is broken: the message names the file or unit and the fix."""
+
+
+class StoppedBySignal(Exception):
+    """A run stopped early, on purpose, after saving a checkpoint it resumes from (the CLI exits 75: requeue)."""

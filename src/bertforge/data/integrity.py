@@ -162,3 +162,20 @@ def verify(root: str | Path) -> list[SourceReport]:
     if not folders:
         raise DataError(f"{root} holds no prepared dataset (no index.json in it or in its subfolders)")
     return [verify_source(folder) for folder in folders]
+
+
+def format_reports(reports: list[SourceReport]) -> str:
+    """What `bertforge verify` prints: a line per source, then its problems."""
+    lines = []
+    for report in reports:
+        lines.append(f"{report.folder}: {report.shards} shards, {report.samples:,} samples, "
+                     f"{'OK' if not report.problems else f'{len(report.problems)} problem(s)'}")
+        lines += [f"  {problem}" for problem in report.problems]
+    return "\n".join(lines)
+
+
+def raise_on_problems(root: str | Path, reports: list[SourceReport]) -> None:
+    bad = sum(len(r.problems) for r in reports)
+    if bad:
+        raise DataError(f"{root}: {bad} problem(s) found (listed above); prepare the affected sources again "
+                        f"(`bertforge prep RECIPE --force`) or restore their shards")

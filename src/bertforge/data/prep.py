@@ -278,6 +278,14 @@ class Share:
         if not 0 <= self.index < self.count:
             raise ConfigError(f"--share {self.index}/{self.count}: the index must be in 0..{self.count - 1}")
 
+    @classmethod
+    def parse(cls, text: str) -> Share:
+        """``INDEX/COUNT``, as `prep --share` takes it."""
+        index, _, count = text.partition("/")
+        if not (index.isdigit() and count.isdigit()):
+            raise ConfigError(f"--share must be INDEX/COUNT (e.g. 3/16), got {text!r}")
+        return cls(int(index), int(count))
+
     def takes(self, place: int) -> bool:
         return place % self.count == self.index
 

@@ -76,3 +76,17 @@ def check_stream(name: str, local: str, tokenizer: str, fingerprint: str) -> Non
                           f"(fingerprint {recorded['tokenizer_fingerprint']}), but data.tokenizer '{tokenizer}' "
                           f"differs (fingerprint {fingerprint}); set data.tokenizer to the one the data was made "
                           f"with, or prepare the data again with this tokenizer")
+
+
+def recorded_tokenizer(dataset: str) -> str | None:
+    """The tokenizer a prepared dataset (a folder, or a URL in an object store) records in its stats.json, or None
+    when it records none."""
+    from bertforge.store import RemoteFolder, is_remote
+
+    if is_remote(dataset):
+        text = RemoteFolder(dataset).read_text("stats.json")
+    else:
+        stats = Path(dataset) / "stats.json"
+        text = stats.read_text() if stats.is_file() else None
+    recorded = json.loads(text).get("provenance") if text else None
+    return recorded["tokenizer"] if recorded else None

@@ -21,13 +21,41 @@ class SpecialIds:
         return {self.cls, self.sep, self.pad, self.mask}
 
 
-def load_tokenizer(name_or_path: str):
+MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
+"""What a ModernBERT takes, as the released tokenizer lists it: no ``token_type_ids``, which transformers'
+``ModernBertModel.forward`` (and so ``AutoModel`` and sentence-transformers) refuses."""
+
+
+def load_tokenizer(name_or_path: str, **settings):
+    """A HuggingFace tokenizer; ``settings`` (``model_max_length``...) replace what its configuration says."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(name_or_path)
+        return AutoTokenizer.from_pretrained(name_or_path, **settings)
     except OSError as err:
         raise FileNotFoundError(f"cannot load tokenizer '{name_or_path}': {err}") from None
+
+
+def save_model_tokenizer(name_or_path: str, out_dir: str | Path, *, vocab_size: int, specials: SpecialIds,
+                         max_positions: int, max_length: int | None = None) -> None:
+    """Save the tokenizer beside a model so that libraries use it as they use the released ModernBERT's: inputs
+    ``input_ids`` and ``attention_mask`` only, ``model_max_length`` the model's trained context (``max_length``;
+    default: the tokenizer's own, at most ``max_positions``), and its special ids those of the model's config. A tokenizer with ids past the model's vocabulary, or other special ids, is
+    refused (the first would fail in the embedding, the second mask and frame with the wrong tokens)."""
+    from bertforge.errors import CheckpointError
+
+    tokenizer = load_tokenizer(name_or_path, model_input_names=MODEL_INPUT_NAMES)
+    tokenizer.model_max_length = tokenizer.init_kwargs["model_max_length"] = min(
+        max_length or tokenizer.model_max_length, max_positions)
+    if len(tokenizer) > vocab_size:
+        raise CheckpointError(f"tokenizer '{name_or_path}' has {len(tokenizer):,} tokens, more than the model's "
+                              f"vocabulary ({vocab_size:,}): its ids past {vocab_size - 1} have no embedding; export "
+                              f"with the tokenizer the model was trained with")
+    ids = special_ids(tokenizer)
+    if ids != specials:
+        raise CheckpointError(f"tokenizer '{name_or_path}' has special ids {ids}, the model's config {specials}: "
+                              f"it is not the tokenizer the model was trained with")
+    tokenizer.save_pretrained(out_dir)
 
 
 def tokenizer_size_and_specials(name_or_path: str) -> tuple[int, SpecialIds]:
@@ -88,7 +116,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) 
     tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
                                                        special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
-                                   mask_token="[MASK]", unk_token="[UNK]", model_max_length=8192)
+                                   mask_token="[MASK]", unk_token="[UNK]", model_max_length=8192,
+                                   model_input_names=MODEL_INPUT_NAMES)
     out_dir = Path(out_dir)
     fast.save_pretrained(out_dir)
     return out_dir

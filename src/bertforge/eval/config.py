@@ -9,9 +9,9 @@ from bertforge.schema import ConfigError
 
 @dataclass
 class EvalConfig:
-    interval: str = ""
+    interval: str | None = None
     """How often to evaluate, in Composer time ('2000ba', or tokens: '1000000000tok'); also at the start and at
-    the end of the run. Empty: no evaluation."""
+    the end of the run. Empty or null: no evaluation (``eval.interval=`` on the command line switches it off)."""
     streams: dict[str, str] = field(default_factory=dict)
     """Held-out datasets by name (folders holding index.json). Empty: the ``eval/`` split that `bertforge prep`'s
     ``holdout`` made beside every training stream (``<local>/eval``)."""

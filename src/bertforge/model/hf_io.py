@@ -148,11 +148,16 @@ def load_state_dict_checked(model: torch.nn.Module, state: dict[str, torch.Tenso
     model.load_state_dict(state, strict=False)
 
 
-def _read_config(path: Path) -> dict[str, Any]:
+def read_hf_config(path: Path) -> dict[str, Any]:
+    """A HuggingFace directory's config.json, with the [MASK] id from its tokenizer when the config has none."""
     config_file = path / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{path}: no config.json; expected a HuggingFace ModernBERT directory")
-    hf = json.loads(config_file.read_text())
+    try:
+        hf = json.loads(config_file.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{config_file}: not valid JSON ({err}); export the model again or restore the "
+                              f"file") from None
     tokenizer_file = path / "tokenizer.json"
     if "mask_token_id" not in hf and tokenizer_file.is_file():
         added = json.loads(tokenizer_file.read_text()).get("added_tokens", [])
@@ -162,7 +167,7 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 def load_pretrained(path: str | Path, **overrides: Any) -> ModernBertForMaskedLM:
     path = Path(path)
-    hf = _read_config(path)
+    hf = read_hf_config(path)
     config = from_hf_config(hf, source=str(path / "config.json"), **overrides)
     model = ModernBertForMaskedLM(config, init=False)
     load_state_dict_checked(model, read_state_dict(path), source=str(path))
@@ -186,7 +191,7 @@ def load_classifier(path: str | Path, classifier: ClassifierConfig | None = None
     ``classifier`` is None or has its labels; otherwise (a masked-LM directory, or a classifier for other labels)
     the encoder and the pretrained head carry over and the classifier starts fresh."""
     path = Path(path)
-    hf = _read_config(path)
+    hf = read_hf_config(path)
     stored = stored_classifier(hf)
     if classifier is None and stored is None:
         raise CheckpointError(f"{path} holds no sequence classifier; name the task's labels to start one")

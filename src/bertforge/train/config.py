@@ -27,11 +27,17 @@ _TIME = re.compile(r"^(\d+)(tok|ba|ep|sp)$")
 
 
 def parse_time(text: str, key: str) -> tuple[int, str]:
-    """A Composer time string ('1000000tok', '500ba', '1ep', '64sp') as (count, unit); the one parser of them."""
+    """A Composer time string ('1000000tok', '500ba', '1ep', '64sp') as (count, unit); the one parser of them.
+    Every time a run config holds (its length, checkpoint and eval intervals) must be above zero: a zero length
+    trains nothing, and a zero interval never fires (or divides by zero)."""
     match = _TIME.match(text)
     if not match:
         raise ConfigError(f"'{key}' must be a Composer time like '1000000tok' (real tokens), '100ba' (batches), "
                           f"'1ep' or '64sp', got {text!r}")
+    if int(match.group(1)) == 0:
+        raise ConfigError(f"'{key}' must be above zero, got {text!r}"
+                          + ("; to switch evaluation off, leave it empty (eval.interval=)"
+                             if key == "eval.interval" else ""))
     return int(match.group(1)), match.group(2)
 
 

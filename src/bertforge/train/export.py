@@ -7,6 +7,7 @@ ModernBERT research repository (research_checkpoint.py).
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,6 +22,14 @@ def load_checkpoint_model(path: str | Path, model_config: ModernBertConfig | Non
     """The model of a checkpoint; ``model_config`` gives the architecture of a research checkpoint that stores
     none."""
     return _read_checkpoint(Path(path), model_config)[0]
+
+
+def load_masked_lm(path: str | Path) -> ModernBertForMaskedLM:
+    """A HuggingFace ModernBERT directory (ours or transformers'), or a checkpoint (ours or the research
+    repository's), as our masked LM."""
+    if (Path(path) / "config.json").is_file():
+        return ModernBertForMaskedLM.from_pretrained(path)
+    return load_checkpoint_model(path)
 
 
 def _read_checkpoint(path: Path, model_config: ModernBertConfig | None = None) -> tuple[ModernBertForMaskedLM, dict]:
@@ -42,9 +51,11 @@ def _read_checkpoint(path: Path, model_config: ModernBertConfig | None = None) -
     return model, run_state
 
 
-def export_model(model, out_dir: str | Path, tokenizer: str | None = None) -> Path:
-    """Write ``model`` (a masked LM or a classifier) and the tokenizer as a HuggingFace directory; a model with
-    non-finite weights is refused."""
+def export_model(model, out_dir: str | Path, tokenizer: str | None = None, max_length: int | None = None) -> Path:
+    """Write ``model`` (a masked LM or a classifier) and the tokenizer as a HuggingFace directory that transformers'
+    Auto classes, pipelines and sentence-transformers use as they are (data.tokenizer.save_model_tokenizer);
+    ``max_length`` is the context the model was trained at. A model with non-finite weights, or a tokenizer that
+    does not fit it, is refused before anything is written."""
     import torch
 
     broken = [name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()]
@@ -52,15 +63,52 @@ def export_model(model, out_dir: str | Path, tokenizer: str | None = None) -> Pa
         raise CheckpointError(f"refusing to export a model with non-finite weights ({', '.join(broken[:3])}"
                               f"{' ...' if len(broken) > 3 else ''})")
     out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
-    if tokenizer:
-        from bertforge.data.tokenizer import load_tokenizer
-
-        with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-            load_tokenizer(tokenizer).save_pretrained(tmp)
-            for item in Path(tmp).iterdir():
-                shutil.move(str(item), out_dir / item.name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        if tokenizer:  # first: a tokenizer that does not fit the model is refused before the model is written
+            _save_tokenizer(tokenizer, tmp, model.config, max_length)
+        model.save_pretrained(out_dir)
+        for item in Path(tmp).iterdir():
+            shutil.move(str(item), out_dir / item.name)
     return out_dir
+
+
+def _save_tokenizer(tokenizer: str, out_dir: str | Path, config: ModernBertConfig, max_length: int | None) -> None:
+    from bertforge.data.tokenizer import SpecialIds, save_model_tokenizer
+
+    save_model_tokenizer(tokenizer, out_dir, vocab_size=config.vocab_size, max_positions=config.max_position_embeddings,
+                         specials=SpecialIds(config.cls_token_id, config.sep_token_id, config.pad_token_id,
+                                             config.mask_token_id), max_length=max_length)
+
+
+def fix_tokenizer(model_dir: str | Path) -> Path:
+    """`bertforge export DIR --fix-tokenizer`: rewrite the tokenizer configuration of an export made by an earlier
+    bertforge (which let ``token_type_ids`` through, so AutoModel and sentence-transformers refused its inputs) in
+    place, as export_model now writes it."""
+    from bertforge.model.hf_io import from_hf_config, read_hf_config
+
+    model_dir = Path(model_dir)
+    if not (model_dir / "tokenizer_config.json").is_file():
+        raise FileNotFoundError(f"{model_dir}: no tokenizer_config.json; --fix-tokenizer rewrites the tokenizer of "
+                                f"an exported model directory")
+    config = from_hf_config(read_hf_config(model_dir), source=str(model_dir / "config.json"))
+    with tempfile.TemporaryDirectory(dir=model_dir) as tmp:
+        _save_tokenizer(str(model_dir), tmp, config, None)
+        for item in Path(tmp).iterdir():
+            os.replace(item, model_dir / item.name)
+    return model_dir
+
+
+def export_fresh_model(model_config: ModernBertConfig, out_dir: str | Path, seed: int,
+                       tokenizer: str | None = None) -> Path:
+    """`bertforge model init`: a freshly initialised masked LM (seeded, without touching the global RNG) as a
+    HuggingFace directory, with ``tokenizer`` beside it when given."""
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = ModernBertForMaskedLM(model_config)
+    return export_model(model, out_dir, tokenizer)
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer: str | None = None,
@@ -72,7 +120,17 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer: st
 
     if is_remote(checkpoint):
         checkpoint = fetch_checkpoint(str(checkpoint))
-    return export_model(load_checkpoint_model(checkpoint, model_config), out_dir, tokenizer)
+    return export_model(load_checkpoint_model(checkpoint, model_config), out_dir, tokenizer,
+                        _trained_length(Path(checkpoint).parent / "config.yaml"))
+
+
+def _trained_length(run_config: Path) -> int | None:
+    """The row length of the run whose resolved config.yaml this is (the context its model was trained at)."""
+    import yaml
+
+    if not run_config.is_file():
+        return None
+    return ((yaml.safe_load(run_config.read_text()) or {}).get("data") or {}).get("max_seq_len")
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, *, every_tokens: int | None = None,
@@ -125,7 +183,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, every_tokens: int | 
         name = f"step{batch:07d}-tokens{tokens if tokens is not None else 'unknown'}"
         entry = {"name": name, "step": batch, "tokens": tokens, "train_loss": row.get("loss"),
                  "eval_loss": evals.get(batch), "checkpoint": str(checkpoint)}
-        export_model(model, out_dir / name, tokenizer)
+        export_model(model, out_dir / name, tokenizer, (run_config.get("data") or {}).get("max_seq_len"))
         write_text_atomic(out_dir / name / "README.md", model_card(entry, run_config, run_state))
         rows.append(entry)
         print(f"exported {checkpoint.name} -> {out_dir / name}", flush=True)
@@ -176,5 +234,25 @@ def model_card(entry: dict, run_config: dict, run_state: dict) -> str:
         lines.append(f"Initial weights from `{lineage['init_from']}`.")
     if not lineage:
         lines.append("Trained from a fresh initialisation.")
-    lines += ["", "## Architecture", "", "```yaml", yaml.safe_dump(model, sort_keys=False).rstrip(), "```", ""]
+    lines += ["", "## Use", "", f"From the folder that holds `{entry['name']}`:", "", "```python",
+              usage_snippet(entry["name"]), "```",
+              "", "## Architecture", "", "```yaml", yaml.safe_dump(model, sort_keys=False).rstrip(), "```", ""]
     return "\n".join(lines)
+
+
+def usage_snippet(model_dir: str) -> str:
+    """The model card's code: embeddings with transformers' AutoModel and with sentence-transformers (mean
+    pooling, as ModernBERT's retrieval models use), and fill-mask. A test runs it on a real export."""
+    return f"""from sentence_transformers import SentenceTransformer, models
+from transformers import AutoModel, AutoTokenizer, pipeline
+
+tokenizer = AutoTokenizer.from_pretrained("{model_dir}")
+model = AutoModel.from_pretrained("{model_dir}")
+hidden = model(**tokenizer("def add(a, b): return a + b", return_tensors="pt")).last_hidden_state
+
+transformer = models.Transformer("{model_dir}")
+embedder = SentenceTransformer(modules=[transformer, models.Pooling(transformer.get_word_embedding_dimension(), "mean")])
+embeddings = embedder.encode(["a sorted list", "def sort(items): return sorted(items)"])
+
+fill = pipeline("fill-mask", model="{model_dir}")
+guesses = fill(f"import numpy as {{fill.tokenizer.mask_token}}")"""

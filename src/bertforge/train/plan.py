@@ -149,7 +149,7 @@ def plan_phase(path: Path, config: TrainConfig, ranks: int, tokens_before: int,
         micro_batches_per_step=config.global_batch_size // clock.per_micro,
         checkpoints=_checkpoints(config.checkpoint.interval, steps, total), checkpoint_folder=config.save_folder,
         starts_from=_starting_point(config), tokens_per_s=rate, hours=total / rate / 3600 if rate else None,
-        milestones=milestones, eval_steps=_eval_steps(config, clock, steps, total), eval_interval=config.eval.interval)
+        milestones=milestones, eval_steps=_eval_steps(config, clock, steps, total), eval_interval=config.eval.interval or "")
 
 
 def plan_chain(chain: list[tuple[Path, object]], ranks: int, tokens_per_s: float | None = None) -> list[PhasePlan]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from bertforge.atomic import write_text_atomic
-from bertforge.errors import CheckpointError, TrainingDiverged
+from bertforge.errors import CheckpointError, StoppedBySignal, TrainingDiverged
 from bertforge.folder_lock import acquire_lock, release_lock
 from bertforge.schema import ConfigError
 from bertforge.train.checkpoint_integrity import check_checkpoint
@@ -217,7 +217,7 @@ def _run(config: TrainConfig, folder: RunFolder, world: int, device) -> Path:
     from composer.utils import dist
 
     from bertforge.train.callbacks.divergence_guard import DivergenceGuard
-    from bertforge.train.callbacks.stop_on_signal import StopOnSignal, StoppedBySignal
+    from bertforge.train.callbacks.stop_on_signal import StopOnSignal
     from bertforge.train.parallelize import parallelize
 
     start = _on_rank_zero(lambda: _checked_starting_point(config, folder))
@@ -232,16 +232,22 @@ def _run(config: TrainConfig, folder: RunFolder, world: int, device) -> Path:
         from bertforge.train.research_checkpoint import carry_optimizer_state
 
         carry_optimizer_state(trainer.state.model, trainer.state.optimizers[0], "model", moments)
-    if dist.get_global_rank() == 0:
-        write_text_atomic(folder.config, resolved_yaml(config))
-
-    try:
-        trainer.fit()
-    finally:
-        if dist.get_global_rank() == 0:
-            folder.push_files()
-
     state = trainer.state
+    if _reached(config.max_duration, state.timestamp):
+        # A rerun of a finished run (a requeued job, a second quickstart): nothing to train, and Composer's fit()
+        # would refuse with a traceback. The export below is written again, so a lost one comes back.
+        if dist.get_global_rank() == 0:
+            print(f"{config.run_name}: already finished at {int(state.timestamp.token):,} tokens (max_duration "
+                  f"{config.max_duration}); nothing to train. To train further, raise max_duration, or start a "
+                  f"new phase from its final checkpoint (phase.after: {folder.config})", flush=True)
+    else:
+        if dist.get_global_rank() == 0:
+            write_text_atomic(folder.config, resolved_yaml(config))
+        try:
+            trainer.fit()
+        finally:
+            if dist.get_global_rank() == 0:
+                folder.push_files()
     if guard.stop_reason is not None:
         trainer.close()
         raise TrainingDiverged(guard.stop_reason)
@@ -252,6 +258,7 @@ def _run(config: TrainConfig, folder: RunFolder, world: int, device) -> Path:
     if config.export_dir:
         from bertforge.train.export import export_model
 
-        export_model(state.model.model, config.export_dir, tokenizer=config.data.tokenizer)
+        export_model(state.model.model, config.export_dir, tokenizer=config.data.tokenizer,
+                     max_length=config.data.max_seq_len)
     trainer.close()
     return folder.path

@@ -18,10 +18,6 @@ from composer.utils import dist
 from bertforge.train.signals import record_stop_signals, take_stop_signal
 
 
-class StoppedBySignal(Exception):
-    """The run stopped early, on purpose, after saving a checkpoint it will resume from."""
-
-
 class StopOnSignal(Callback):
     """At each step end, asks whether any rank has recorded a stop signal (ranks may receive it at different
     steps, so they agree by an all-reduce) and if so stops training; Composer's checkpoint saver then saves, as at

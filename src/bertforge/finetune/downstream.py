@@ -1,0 +1,33 @@
+"""A run config's ``downstream:`` tasks: loaded (and so checked) before the run trains, fine-tuned on its export
+when it ends, the table in ``<save_folder>/downstream/``. `bertforge train` and `bertforge quickstart` both train
+through ``train_with_downstream``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bertforge.finetune.config import TaskConfig
+from bertforge.finetune.suite import format_table, load_suite, run_suite
+from bertforge.train.config import TrainConfig
+
+
+def load_downstream(targets: list[str]) -> list[TaskConfig]:
+    """The tasks of a run's ``downstream:`` list (task YAMLs or suites such as ``glue``)."""
+    return [task for target in targets for task in load_suite(target)]
+
+
+def train_with_downstream(config: TrainConfig) -> Path:
+    """Train ``config`` (train.run.train: it raises StoppedBySignal or TrainingDiverged when the run stops early),
+    then, on rank 0, fine-tune its export on the ``downstream:`` tasks and print their table. The tasks are loaded
+    first, so a task that cannot load fails before any training."""
+    from bertforge.train.run import train
+
+    tasks = load_downstream(config.downstream)
+    folder = train(config)
+    print(f"run finished; checkpoints and metrics in {folder}", flush=True)
+    if tasks and os.environ.get("RANK", "0") == "0":
+        out = f"{config.save_folder}/downstream"
+        print(format_table(run_suite(tasks, config.export_dir, out)), end="")
+        print(f"downstream results in {out}/results.json", flush=True)
+    return folder
