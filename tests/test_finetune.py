@@ -75,7 +75,7 @@ def test_label_names_in_local_files_map_to_ids_and_a_wrong_one_is_named(tmp_path
                                          "head": {"labels": ["a", "b"]}}))
     assert load_examples(load_task(task_file), "train", tokenizer, 1, 2).labels == [1, 0, 1]
     path.write_text(json.dumps({"text": "x", "label": "c"}) + "\n")
-    with pytest.raises(DataError, match=r"task.yaml: split 'train', row 0: label 'c' is not one of head.labels"):
+    with pytest.raises(DataError, match=r"task.yaml: split 'train' \(.*\), row 0: label 'c' is not one of head.labels"):
         load_examples(load_task(task_file), "train", tokenizer, 1, 2)
     with pytest.raises(DataError, match=r"has no field\(s\) \['sentence'\] \(its fields: text, label\)"):
         load_examples(load_task(task_file, ["data.text_fields=[sentence]"]), "train", tokenizer, 1, 2)

@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from bertforge import __version__
-from bertforge.errors import CheckpointError, DataError, StoppedBySignal, TrainingDiverged
+from bertforge.errors import StoppedBySignal, TrainingDiverged
+from bertforge.failures import explain
 from bertforge.schema import ConfigError
 from bertforge.train.signals import REQUEUE_EXIT_CODE
 
@@ -350,15 +351,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         args.func(args)
-    except (ConfigError, CheckpointError, DataError, FileNotFoundError) as err:
-        print(f"bertforge: error: {err}", file=sys.stderr)
-        return 2
     except TrainingDiverged as err:
         print(f"bertforge: error: {err}", file=sys.stderr)
         return DIVERGED_EXIT_CODE
     except StoppedBySignal as stop:
         print(f"bertforge: {stop}", file=sys.stderr)
         return REQUEUE_EXIT_CODE
+    except Exception as err:  # a known failure is one line (failures.explain); anything else is a bug
+        message = explain(err)
+        if message is None:
+            raise
+        print(f"bertforge: error: {message}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -130,8 +130,8 @@ def summary(layout: Layout, config) -> str:
     streams = ",".join(str(layout.mds / name / "eval") for name in config.data.streams)
     lines += ["", "next:",
               f"  bertforge eval mlm {layout.export} --data {streams}",
-              f"  python data_prep/make_source_task.py data_prep/sample.yaml {layout.data}/source-task && "
-              f"bertforge finetune yamls/finetune/sample-source.yaml {layout.export}",
+              (f"  python data_prep/make_source_task.py data_prep/sample.yaml {layout.data}/source-task && "
+               f"bertforge finetune yamls/finetune/sample-source.yaml {layout.export}"),
               "  bertforge plan yamls/modernbert-base/decay.yaml   # the ModernBERT-base recipe, three phases",
               "  docs/: model, data, training, eval, finetune, phases, slurm"]
     return "\n".join(lines)

@@ -27,6 +27,18 @@ PREP_TEMPLATE = REPO_ROOT / "slurm" / "prep.sbatch"
 _FIELD = re.compile(r"{{(\w+)}}")
 
 
+_SBATCH_VALUE = re.compile(r"^[\w.:,@+=/-]+$")
+
+
+def check_sbatch_values(values: dict[str, str | int | None]) -> None:
+    """Refuse a value that an ``#SBATCH`` line cannot hold as it is: a newline would end the directive and run the
+    rest as a command when the job runs, a space or ``#`` would cut or comment it."""
+    for option, value in values.items():
+        if value is not None and not _SBATCH_VALUE.match(str(value)):
+            raise ConfigError(f"{option} {str(value)!r}: an #SBATCH value may hold only letters, digits and "
+                              f". : , @ + = - / _ (no spaces, newlines or other control characters)")
+
+
 @dataclass
 class SlurmJob:
     nodes: int
@@ -60,6 +72,8 @@ class SlurmJob:
                               f"{self.gpus_per_node}; on GPU nodes each GPU runs one rank")
         if self.ranks_per_node < 1:
             raise ConfigError(f"--ranks-per-node must be at least 1, not {self.ranks_per_node}")
+        check_sbatch_values({"--partition": self.partition, "--time": self.time, "--account": self.account,
+                             "--after": self.after})
 
     @property
     def world_size(self) -> int:
@@ -67,6 +81,7 @@ class SlurmJob:
 
 
 def sbatch_options(job: SlurmJob, run_name: str, log: Path) -> list[str]:
+    check_sbatch_values({"run_name": run_name, "the log path (under save_folder)": str(log)})
     options = [f"--job-name={run_name}", f"--nodes={job.nodes}", f"--ntasks-per-node={job.ranks_per_node}",
                f"--signal=USR1@{job.signal_seconds}", "--requeue", "--open-mode=append", f"--output={log}"]
     if job.gpus_per_node:
@@ -121,6 +136,7 @@ class PrepJob:
         if self.nodes < 1 or self.tasks_per_node < 1:
             raise ConfigError(f"--nodes and --tasks-per-node must be at least 1, not {self.nodes} and "
                               f"{self.tasks_per_node}")
+        check_sbatch_values({"--partition": self.partition, "--time": self.time, "--account": self.account})
 
     @property
     def shares(self) -> int:
@@ -132,6 +148,7 @@ def render_prep_scripts(recipe_path: str | Path, overrides: list[str], job: Prep
                         template: Path = PREP_TEMPLATE) -> tuple[str, str]:
     """The array script (one task per share in ``tasks``) and the finishing step's script."""
     name = f"prep-{Path(recipe_path).stem}"
+    check_sbatch_values({"the recipe's file name": name, "the scripts' folder": str(folder)})
     command = [sys.executable, "-m", "bertforge.cli", "prep", str(Path(recipe_path).resolve()), *overrides,
                "--no-progress"]
     common = [f"--partition={job.partition}" if job.partition else "", f"--time={job.time}" if job.time else "",

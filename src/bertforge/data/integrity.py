@@ -77,7 +77,23 @@ def check_prepared_stream(name: str, local: str | Path, tokenizer: str, fingerpr
             raise DataError(f"data.streams.{name}: shard {path} has {sizes[info['basename']]} bytes, its index says "
                             f"{info['bytes']} (truncated or replaced); restore it or prepare this source again")
     check_stream(name, str(local), tokenizer, fingerprint)
+    _check_counts(name, Path(local), index)
     return index
+
+
+def _check_counts(name: str, local: Path, index: dict) -> None:
+    """The samples the index lists, against those stats.json recorded at prep (a hand-edited or swapped index
+    would make the run read part of the data, or more), and at least one."""
+    samples = sum(shard["samples"] for shard in index["shards"])
+    stats = local / "stats.json"
+    recorded = json.loads(stats.read_text()).get("samples") if stats.is_file() else None
+    if recorded is not None and recorded != samples:
+        raise DataError(f"data.streams.{name}: {local / 'index.json'} lists {samples:,} samples, but {stats} "
+                        f"records {recorded:,} from its prep; restore the index or prepare this source again "
+                        f"(`bertforge verify {local}` checks every shard)")
+    if samples == 0:
+        raise DataError(f"data.streams.{name}: {local} holds no samples (its sources gave no documents); prepare "
+                        f"it from inputs that have text, or leave the stream out")
 
 
 def _stored_files(index: dict) -> list[dict]:

@@ -47,6 +47,8 @@ def read_rows(task: TaskConfig, split: str):
     kind = _FORMATS.get(path.suffix.lower())
     if kind is None:
         raise DataError(f"{task.source}: data.files.{split} is {path}; use .jsonl, .json, .csv, .tsv or .parquet")
+    if path.stat().st_size == 0:
+        raise DataError(f"{task.source}: data.files.{split} is {path}, which is empty; give it the split's rows")
     options = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
     return datasets.load_dataset(kind, data_files={split: str(path)}, split=split, **options)
 
@@ -58,6 +60,8 @@ def _label(task: TaskConfig, value, where: str):
     if value is None or (missing is not None and not isinstance(value, list | str) and value == missing):
         return None
     if kind == "regression":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise DataError(f"{where}: label {value!r} is not a number, as a regression task needs")
         return float(value)
     if kind == "multi_label_classification":
         hot = [0.0] * len(labels)
@@ -83,7 +87,7 @@ def load_examples(task: TaskConfig, split: str, tokenizer, cls_id: int, sep_id: 
     rows = read_rows(task, split)
     fields = [*task.data.text_fields, task.data.label_field]
     missing = [f for f in fields if f not in rows.column_names]
-    where = f"{task.source}: split '{split}'"
+    where = f"{task.source}: split '{split}' ({task.data.hf_dataset or task.file(split)})"
     if missing:
         raise DataError(f"{where} has no field(s) {missing} (its fields: {', '.join(rows.column_names)}); set "
                         f"data.text_fields / data.label_field to the right names")
@@ -91,11 +95,18 @@ def load_examples(task: TaskConfig, split: str, tokenizer, cls_id: int, sep_id: 
         rows = rows.select(range(min(limit, len(rows))))
     labels = [_label(task, value, f"{where}, row {i}") for i, value in enumerate(rows[task.data.label_field])]
     keep = [i for i, label in enumerate(labels) if label is not None]
-    texts = [[str(rows[f][i] or "") for i in keep] for f in task.data.text_fields] if keep else []
+    texts = [[_text(rows[f][i], f, f"{where}, row {i}") for i in keep] for f in task.data.text_fields] if keep else []
     encoded = [[e.ids for e in tokenizer.encode_batch(column, add_special_tokens=False)] for column in texts]
     budget = task.train.max_length - 1 - len(encoded)
     framed = [frame([column[i] for column in encoded], budget, cls_id, sep_id) for i in range(len(keep))]
     return Examples(framed, [labels[i] for i in keep], left_out=len(labels) - len(keep))
+
+
+def _text(value, field: str, where: str) -> str:
+    """A row's text field; a row without one (missing or null) is an error, not an empty text to train on."""
+    if value is None:
+        raise DataError(f"{where}: no text in field '{field}' (missing or null); fix or drop the row")
+    return str(value)
 
 
 def frame(parts: list[list[int]], budget: int, cls_id: int, sep_id: int) -> list[int]:

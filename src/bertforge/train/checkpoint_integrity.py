@@ -107,6 +107,9 @@ def check_unpickle_safe(data: bytes | Path, source: str):
         refused = f"it names {named.group(1) or named.group(2)}" if named else str(err).splitlines()[0]
         raise CheckpointError(f"{source}: refused to load: it holds more than tensors and plain data and could run "
                               f"code when unpickled ({refused}); load only checkpoints you trust") from None
+    except (RuntimeError, EOFError) as err:  # torch's zip reader: a file cut off, or not a torch.save file
+        raise CheckpointError(f"{source}: cannot be read as a checkpoint ({str(err).splitlines()[0]}); it is cut off "
+                              f"(an interrupted save or copy) or not a torch checkpoint") from None
 
 
 class _MetadataUnpickler(pickle.Unpickler):

@@ -267,6 +267,10 @@ class TrainConfig:
     ``bertforge finetune`` takes them; needs export_dir. The results table goes to <save_folder>/downstream/."""
 
     def __post_init__(self) -> None:
+        if (not self.run_name or self.run_name in (".", "..") or any(c in self.run_name for c in "/\\")
+                or not self.run_name.isprintable()):
+            raise ConfigError(f"'run_name' must be one folder name (no '/', not '.' or '..', no control characters), "
+                              f"got {self.run_name!r}: it names files and folders of the run")
         self.save_folder = self.save_folder or f"runs/{self.run_name}"
         if self.global_batch_size <= 0:
             raise ConfigError(f"'global_batch_size' must be positive, got {self.global_batch_size}")

@@ -13,8 +13,10 @@ import tempfile
 from pathlib import Path
 
 from bertforge.errors import CheckpointError
+from bertforge.schema import ConfigError
 from bertforge.model import ModernBertConfig, ModernBertForMaskedLM
 from bertforge.model.hf_io import load_state_dict_checked
+from bertforge.train.checkpoint_integrity import manifest_path, verify
 from bertforge.train.run_folder import read_checkpoint_state
 
 
@@ -36,6 +38,9 @@ def _read_checkpoint(path: Path, model_config: ModernBertConfig | None = None) -
     """The model and our RunState record ({} for a research checkpoint)."""
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at '{path}'")
+    if manifest_path(path).is_file() and (problem := verify(path)) is not None:
+        raise CheckpointError(f"{path}: {problem}; export another checkpoint (`bertforge export RUN_DIR OUT --all` "
+                              f"exports each one that verifies)")
     state = read_checkpoint_state(path)
     run_state = next((v for k, v in state.get("callbacks", {}).items() if k.startswith("RunState")), None)
     if run_state is None:
@@ -63,14 +68,31 @@ def export_model(model, out_dir: str | Path, tokenizer: str | None = None, max_l
         raise CheckpointError(f"refusing to export a model with non-finite weights ({', '.join(broken[:3])}"
                               f"{' ...' if len(broken) > 3 else ''})")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file():
+        raise ConfigError(f"{out_dir} holds files but no exported model; an export replaces its folder whole, so "
+                          f"export into a new or empty folder, or one that holds an earlier export")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.export-"))
+    try:
         if tokenizer:  # first: a tokenizer that does not fit the model is refused before the model is written
-            _save_tokenizer(tokenizer, tmp, model.config, max_length)
-        model.save_pretrained(out_dir)
-        for item in Path(tmp).iterdir():
-            shutil.move(str(item), out_dir / item.name)
+            _save_tokenizer(tokenizer, staging, model.config, max_length)
+        model.save_pretrained(staging)
+        _replace_folder(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    """Put the complete folder ``new`` in place of ``target`` by renames, so no file of an earlier export survives
+    beside the new one, and a kill leaves the old folder or the new one (and at most a hidden leftover beside)."""
+    if target.exists():
+        old = target.with_name(f".{target.name}.replaced-{os.getpid()}")
+        os.rename(target, old)
+        os.rename(new, target)
+        shutil.rmtree(old)
+    else:
+        os.rename(new, target)
 
 
 def _save_tokenizer(tokenizer: str, out_dir: str | Path, config: ModernBertConfig, max_length: int | None) -> None:
@@ -120,8 +142,20 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer: st
 
     if is_remote(checkpoint):
         checkpoint = fetch_checkpoint(str(checkpoint))
-    return export_model(load_checkpoint_model(checkpoint, model_config), out_dir, tokenizer,
-                        _trained_length(Path(checkpoint).parent / "config.yaml"))
+    model, run_state = _read_checkpoint(Path(checkpoint), model_config)
+    _check_tokenizer(tokenizer, run_state, checkpoint)
+    return export_model(model, out_dir, tokenizer, _trained_length(Path(checkpoint).parent / "config.yaml"))
+
+
+def _check_tokenizer(tokenizer: str | None, run_state: dict, checkpoint) -> None:
+    """Refuse a tokenizer other than the one the checkpoint's run trained with (its recorded fingerprint)."""
+    from bertforge.data.provenance import tokenizer_fingerprint
+
+    recorded = run_state.get("tokenizer_fingerprint")
+    if tokenizer and recorded and tokenizer_fingerprint(tokenizer) != recorded:
+        raise CheckpointError(f"{checkpoint} was trained with tokenizer '{run_state.get('tokenizer')}' (fingerprint "
+                              f"{recorded}); '{tokenizer}' maps text to other ids (fingerprint "
+                              f"{tokenizer_fingerprint(tokenizer)}); export with --tokenizer {run_state.get('tokenizer')}")
 
 
 def _trained_length(run_config: Path) -> int | None:
@@ -145,7 +179,6 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, every_tokens: int | 
     from bertforge.atomic import write_text_atomic
     from bertforge.schema import ConfigError
     from bertforge.store import is_remote
-    from bertforge.train.checkpoint_integrity import verify
     from bertforge.train.run_folder import RunFolder, checkpoint_batch
 
     if is_remote(run_dir):
@@ -180,6 +213,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, every_tokens: int | 
                 continue
             last_multiple = tokens // every_tokens
         model, run_state = _read_checkpoint(checkpoint)
+        _check_tokenizer(tokenizer, run_state, checkpoint)
         name = f"step{batch:07d}-tokens{tokens if tokens is not None else 'unknown'}"
         entry = {"name": name, "step": batch, "tokens": tokens, "train_loss": row.get("loss"),
                  "eval_loss": evals.get(batch), "checkpoint": str(checkpoint)}

@@ -12,18 +12,21 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from bertforge.atomic import write_text_atomic
 from bertforge.errors import CheckpointError, StoppedBySignal, TrainingDiverged
+from bertforge.failures import disk_full
 from bertforge.folder_lock import acquire_lock, release_lock
 from bertforge.schema import ConfigError
 from bertforge.train.checkpoint_integrity import check_checkpoint
-from bertforge.train.config import TrainConfig, parse_time, resolved_yaml
+from bertforge.train.config import TrainConfig, parse_time
 from bertforge.train.launcher import adopt_launcher_environment, launcher_world_size
 from bertforge.train.preflight import preflight
+from bertforge.train.resume_check import check_restart, record_run
 from bertforge.train.run_folder import CHECKPOINT_FILENAME, LATEST_FILENAME, RunFolder, open_run_folder
 
 T = TypeVar("T")
@@ -183,7 +186,14 @@ def _checked_starting_point(config: TrainConfig, folder: RunFolder):
 
     if config.checkpoint.autoresume:
         folder.pull()  # a save_folder in an object store: its newest complete checkpoint, into the staging folder
-    start = starting_point(config, folder.resume_point() if config.checkpoint.autoresume else None)
+    resume = folder.resume_point() if config.checkpoint.autoresume else None
+    start = starting_point(config, resume)
+    if resume is not None:
+        changes = check_restart(config, folder, resume)
+        if changes:
+            start.lineage["config_changes"] = changes
+    else:
+        record_run(config, folder)
     if start.load_path:
         check_checkpoint(Path(start.load_path))
     return start
@@ -241,10 +251,12 @@ def _run(config: TrainConfig, folder: RunFolder, world: int, device) -> Path:
                   f"{config.max_duration}); nothing to train. To train further, raise max_duration, or start a "
                   f"new phase from its final checkpoint (phase.after: {folder.config})", flush=True)
     else:
-        if dist.get_global_rank() == 0:
-            write_text_atomic(folder.config, resolved_yaml(config))
         try:
             trainer.fit()
+        except (OSError, RuntimeError) as err:
+            if disk_full(err):  # name the folder: torch's own words for it ("unexpected pos") do not
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder.path)) from err
+            raise
         finally:
             if dist.get_global_rank() == 0:
                 folder.push_files()
@@ -256,9 +268,28 @@ def _run(config: TrainConfig, folder: RunFolder, world: int, device) -> Path:
         raise StoppedBySignal(f"stopped by {stopper.received.name} after batch {stopper.stopped_at_batch}, with a "
                               f"checkpoint in {folder.location}; the same command resumes the run")
     if config.export_dir:
-        from bertforge.train.export import export_model
-
-        export_model(state.model.model, config.export_dir, tokenizer=config.data.tokenizer,
-                     max_length=config.data.max_seq_len)
+        export_final_model(config, state.model.model)
     trainer.close()
     return folder.path
+
+
+def export_final_model(config: TrainConfig, model) -> None:
+    """``export_dir``: the trained model written once, by rank 0. Under FSDP2 every rank first takes part in
+    gathering the full weights (each holds a shard), which rank 0 loads into a plain model to export."""
+    from composer.utils import dist
+
+    from bertforge.train.export import export_model
+
+    if config.parallelism == "fsdp2":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        from bertforge.model import ModernBertForMaskedLM
+        from bertforge.model.hf_io import load_state_dict_checked
+
+        weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if dist.get_global_rank() == 0:
+            model = ModernBertForMaskedLM(config.model, init=False)
+            load_state_dict_checked(model, weights, source="the trained model")
+    if dist.get_global_rank() == 0:
+        export_model(model, config.export_dir, tokenizer=config.data.tokenizer, max_length=config.data.max_seq_len)
+    dist.barrier()

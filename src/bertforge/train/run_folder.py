@@ -1,7 +1,9 @@
 """The layout of a run's ``save_folder``: every file name the trainer, export, plan, W&B and Slurm use, in one place.
 
     save_folder/
-      config.yaml          the resolved run config
+      config.yaml          the resolved run config of its first start
+      streams.json         the identity (index hash) of each stream's dataset at its first start
+      config_changes.jsonl the changes a restart made that are safe mid-run (LR, eval...), one line per restart
       metrics.jsonl        one JSON object per logged step
       curves.png           loss and LR against tokens
       wandb_run_id         the W&B run id, reused by restarts
@@ -79,6 +81,8 @@ class RunFolder:
         return self.remote.uri if self.remote else str(self.path)
 
     config = _entry("config.yaml")
+    streams = _entry("streams.json")
+    config_changes = _entry("config_changes.jsonl")
     metrics = _entry("metrics.jsonl")
     curves = _entry("curves.png")
     wandb_run_id = _entry("wandb_run_id")
@@ -154,7 +158,7 @@ class RunFolder:
 
     # -- the object-store mirror (each a no-op for a local save_folder) ----------------------------------------
 
-    _FILES = ("config.yaml", "metrics.jsonl", "curves.png", "wandb_run_id")
+    _FILES = ("config.yaml", "streams.json", "config_changes.jsonl", "metrics.jsonl", "curves.png", "wandb_run_id")
 
     def push_checkpoint(self, checkpoint: Path) -> None:
         """Upload a complete checkpoint: its files, the run's record (so that the store's metrics.jsonl reaches at

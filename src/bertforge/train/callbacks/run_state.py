@@ -9,22 +9,26 @@ from composer.utils import dist
 
 
 class RunState(Callback):
-    """Puts the packed loader's state (stream position, packer buffer, masking RNG), the batch-warmup position and
-    the model config into every checkpoint, so a resumed run continues the data exactly and any checkpoint exports
-    on its own."""
+    """Puts the packed loader's state (stream position, packer buffer, masking RNG), the batch-warmup position, the
+    model config and the tokenizer (name and fingerprint) into every checkpoint, so a resumed run continues the data
+    exactly and any checkpoint exports on its own, with its own tokenizer only."""
 
     def __init__(self, loader, steps, config, lineage: dict):
+        from bertforge.data.provenance import tokenizer_fingerprint
+
         self.loader = loader
         self.steps = steps
         self.config = config
         self.lineage = lineage
+        self.tokenizer_fingerprint = tokenizer_fingerprint(config.data.tokenizer)
 
     def state_dict(self) -> dict:
         # Every rank's loader state, gathered: a monolithic checkpoint is written by rank 0 alone, and a sharded
         # one keeps a single copy of non-tensor entries, yet each rank packs its own documents.
         return {"loader": dist.all_gather_object(self.loader.state_dict()), "steps": self.steps.state_dict(),
                 "model_config": dataclasses.asdict(self.config.model), "run_name": self.config.run_name,
-                "lineage": self.lineage}
+                "lineage": self.lineage, "tokenizer": self.config.data.tokenizer,
+                "tokenizer_fingerprint": self.tokenizer_fingerprint}
 
     def load_state_dict(self, state: dict) -> None:
         self.loader.load_state_dict(state["loader"])
