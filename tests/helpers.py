@@ -169,3 +169,17 @@ def train_ranks(config: Path, ranks: int, *overrides: str, launcher: str = "comp
         launch = [str(Path(sys.executable).with_name("composer")), "-n", str(ranks), "--master_port",
                   str(free_port()), "-m", "bertforge.train"]
     return subprocess.run([*launch, str(config), *overrides], capture_output=True, text=True, timeout=600)
+
+
+def assert_export_matches(hf_dir: Path, checkpoint: Path, atol: float = 1e-5) -> None:
+    """transformers' AutoModelForMaskedLM on an exported directory gives the logits of our model read from
+    ``checkpoint`` (random ids of the test tokenizer's range)."""
+    from transformers import AutoModelForMaskedLM
+
+    from bertforge.train.export import load_checkpoint_model
+
+    hf = AutoModelForMaskedLM.from_pretrained(hf_dir).eval()
+    ours = load_checkpoint_model(checkpoint).eval()
+    ids = torch.randint(5, 2048, (2, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(input_ids=ids).logits, ours(ids).logits, atol=atol, rtol=0)

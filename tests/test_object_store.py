@@ -115,11 +115,11 @@ def test_remote_paths_are_checked_before_any_work_and_evaluated_like_local_ones(
     preflight(config, 1, device="cpu")  # the stream in the store is fit to train on
     # `bertforge eval mlm --data s3://...`: the tokenizer the store's stats.json records, the same batches as from
     # the local copy.
-    from bertforge.cli import _dataset_tokenizer
+    from bertforge.eval.evaluate import dataset_tokenizer
     from bertforge.eval.config import EvalConfig
     from bertforge.eval.mlm import load_eval_set
 
-    tokenizer = _dataset_tokenizer(f"{STORE}/mds/code", tmp_path / "no-model")
+    tokenizer = dataset_tokenizer(f"{STORE}/mds/code", tmp_path / "no-model")
     assert tokenizer == sample_data["tokenizer"]
     sets = [load_eval_set("code", path, tokenizer, EvalConfig(max_tokens=4000), 256, cache_dir=str(tmp_path / name))
             for name, path in (("a", f"{STORE}/mds/code"), ("b", str(remote_data["local"] / "code")))]

@@ -6,9 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from helpers import kill_when_saved, read_metrics, run_config, train_ranks, wandb_runs
+from helpers import assert_export_matches, kill_when_saved, read_metrics, run_config, train_ranks, wandb_runs
 
 from bertforge.schema import ConfigError
 from bertforge.train.config import ScheduleConfig, load_train_config
@@ -27,10 +26,6 @@ def _train(config: Path, *extra: str, **kwargs) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 @pytest.mark.command("train")
 def test_quickstart_config_trains_end_to_end_and_exports(tmp_path, sample_data):
-    from transformers import AutoModelForMaskedLM
-
-    from bertforge.train.export import load_checkpoint_model
-
     config = run_config(tmp_path, sample_data, "qs", export_dir=str(tmp_path / "hf"),
                          wandb={"enabled": True, "project": "bertforge-tests", "tags": ["ci"]})
     result = _train(config, env=os.environ | {"WANDB_MODE": "offline"})
@@ -53,11 +48,7 @@ def test_quickstart_config_trains_end_to_end_and_exports(tmp_path, sample_data):
     assert sorted(p.name for p in folder.glob("ep*-ba*-rank0.pt")) == [
         "ep0-ba12-rank0.pt", "ep0-ba4-rank0.pt", "ep0-ba8-rank0.pt"]
     # The export loads in transformers and gives the logits of the final checkpoint.
-    hf = AutoModelForMaskedLM.from_pretrained(tmp_path / "hf").eval()
-    ours = load_checkpoint_model(folder / "ep0-ba12-rank0.pt").eval()
-    ids = torch.randint(5, 2048, (2, 40))
-    with torch.no_grad():
-        torch.testing.assert_close(ours(ids).logits, hf(input_ids=ids).logits, atol=1e-4, rtol=0)
+    assert_export_matches(tmp_path / "hf", folder / "ep0-ba12-rank0.pt", atol=1e-4)
     assert (tmp_path / "hf" / "tokenizer.json").is_file()
     # W&B (offline): one run holding the resolved config and every step's loss, LR and throughput.
     runs = wandb_runs(folder)
@@ -162,10 +153,6 @@ def test_one_process_ddp_and_fsdp2_give_the_same_losses(tmp_path, sample_data):
     each): with pack_across_ranks the batches do not depend on the number of ranks, and the loss is the mean over
     the step's masked tokens, so the losses must agree step by step. The sharded FSDP2 checkpoint then exports
     to a model transformers loads."""
-    from transformers import AutoModelForMaskedLM
-
-    from bertforge.train.export import load_checkpoint_model
-
     losses = {}
     for mode, ranks in (("single", 1), ("ddp", 2), ("fsdp2", 2)):
         config = run_config(tmp_path, sample_data, mode, parallelism="ddp" if mode == "single" else mode,
@@ -183,13 +170,8 @@ def test_one_process_ddp_and_fsdp2_give_the_same_losses(tmp_path, sample_data):
     result = subprocess.run([BERTFORGE, "export", str(sharded), str(tmp_path / "hf"),
                              "--tokenizer", sample_data["tokenizer"]], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    hf = AutoModelForMaskedLM.from_pretrained(tmp_path / "hf").eval()
-    single = load_checkpoint_model(tmp_path / "single" / "ep0-ba8-rank0.pt").eval()
-    ids = torch.randint(5, 2048, (2, 40))
-    with torch.no_grad():
-        torch.testing.assert_close(hf(input_ids=ids).logits, single(ids).logits, atol=1e-3, rtol=0)
-        torch.testing.assert_close(hf(input_ids=ids).logits, load_checkpoint_model(sharded)(ids).logits,
-                                   atol=1e-5, rtol=0)
+    assert_export_matches(tmp_path / "hf", tmp_path / "single" / "ep0-ba8-rank0.pt", atol=1e-3)
+    assert_export_matches(tmp_path / "hf", sharded)
 
 
 @pytest.mark.slow

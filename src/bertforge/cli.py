@@ -155,6 +155,18 @@ def _export(args: argparse.Namespace) -> None:
     print(f"exported to {export_checkpoint(args.checkpoint, args.out, args.tokenizer, model_config)}")
 
 
+def _average(args: argparse.Namespace) -> None:
+    from bertforge.train.average import average, last_checkpoints
+
+    *sources, out = args.paths
+    if args.last is not None:
+        if len(sources) != 1:
+            raise ConfigError("--last K averages the K newest checkpoints of one run: `bertforge average RUN_DIR OUT "
+                              "--last K`")
+        sources = last_checkpoints(sources[0], args.last)
+    print(f"averaged {len(sources)} model(s) into {average(sources, out, args.tokenizer)}")
+
+
 def _quickstart(args: argparse.Namespace) -> None:
     from bertforge.quickstart import run_quickstart
 
@@ -315,6 +327,18 @@ def _add_export(commands) -> None:
     export.set_defaults(func=_export)
 
 
+def _add_average(commands) -> None:
+    average = commands.add_parser("average", help="the mean of several checkpoints' weights, as a HuggingFace "
+                                                  "directory (checkpoint averaging)")
+    average.add_argument("paths", nargs="+", metavar="SOURCE... OUT", help="checkpoints (ours or the research "
+                         "repository's) or HuggingFace directories of one architecture, then the output directory; "
+                         "with --last, one run folder, then the output directory")
+    average.add_argument("--last", type=int, metavar="K", help="the K newest checkpoints of the run folder that "
+                                                                "verify")
+    average.add_argument("--tokenizer", help="tokenizer to save beside it (default: the one the first source records)")
+    average.set_defaults(func=_average)
+
+
 def _add_quickstart(commands) -> None:
     quick = commands.add_parser("quickstart", help="sample data, tokenizer, a tiny CPU run and its export",
                                 description="The built-in sample corpus, a tokenizer trained on it, its shards, a "
@@ -327,7 +351,7 @@ def _add_quickstart(commands) -> None:
 
 
 COMMANDS = (_add_model, _add_prep, _add_verify, _add_eval, _add_tokenizer, _add_train, _add_finetune, _add_plan,
-            _add_slurm, _add_export, _add_quickstart)
+            _add_slurm, _add_export, _add_average, _add_quickstart)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,7 +27,7 @@ PREP_TEMPLATE = REPO_ROOT / "slurm" / "prep.sbatch"
 _FIELD = re.compile(r"{{(\w+)}}")
 
 
-_SBATCH_VALUE = re.compile(r"^[\w.:,@+=/-]+$")
+_SBATCH_VALUE = re.compile(r"^[\w.:,@+=/%-]+$")
 
 
 def check_sbatch_values(values: dict[str, str | int | None]) -> None:
@@ -36,7 +36,7 @@ def check_sbatch_values(values: dict[str, str | int | None]) -> None:
     for option, value in values.items():
         if value is not None and not _SBATCH_VALUE.match(str(value)):
             raise ConfigError(f"{option} {str(value)!r}: an #SBATCH value may hold only letters, digits and "
-                              f". : , @ + = - / _ (no spaces, newlines or other control characters)")
+                              f". : , @ + = - / % _ (no spaces, newlines or other control characters)")
 
 
 @dataclass

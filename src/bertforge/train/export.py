@@ -29,9 +29,23 @@ def load_checkpoint_model(path: str | Path, model_config: ModernBertConfig | Non
 def load_masked_lm(path: str | Path) -> ModernBertForMaskedLM:
     """A HuggingFace ModernBERT directory (ours or transformers'), or a checkpoint (ours or the research
     repository's), as our masked LM."""
-    if (Path(path) / "config.json").is_file():
-        return ModernBertForMaskedLM.from_pretrained(path)
-    return load_checkpoint_model(path)
+    return read_model(path)[0]
+
+
+def read_model(path: str | Path) -> tuple[ModernBertForMaskedLM, dict]:
+    """``load_masked_lm``'s model, with what is known of its tokenizer: ``tokenizer`` (a name or directory),
+    ``tokenizer_fingerprint`` and ``max_length`` (the context it was trained at), each None when unknown."""
+    from bertforge.data.provenance import tokenizer_fingerprint
+
+    path = Path(path)
+    if (path / "config.json").is_file():
+        has_tokenizer = (path / "tokenizer.json").is_file()
+        return ModernBertForMaskedLM.from_pretrained(path), {
+            "tokenizer": str(path) if has_tokenizer else None,
+            "tokenizer_fingerprint": tokenizer_fingerprint(str(path)) if has_tokenizer else None, "max_length": None}
+    model, run_state = _read_checkpoint(path)
+    return model, {"tokenizer": run_state.get("tokenizer"), "tokenizer_fingerprint": run_state.get(
+        "tokenizer_fingerprint"), "max_length": _trained_length(path.parent / "config.yaml")}
 
 
 def _read_checkpoint(path: Path, model_config: ModernBertConfig | None = None) -> tuple[ModernBertForMaskedLM, dict]:
