@@ -13,9 +13,9 @@ import tempfile
 from pathlib import Path
 
 from bertforge.errors import CheckpointError
-from bertforge.schema import ConfigError
 from bertforge.model import ModernBertConfig, ModernBertForMaskedLM
 from bertforge.model.hf_io import load_state_dict_checked
+from bertforge.schema import ConfigError
 from bertforge.train.checkpoint_integrity import manifest_path, verify
 from bertforge.train.run_folder import read_checkpoint_state
 
@@ -48,11 +48,13 @@ def read_model(path: str | Path) -> tuple[ModernBertForMaskedLM, dict]:
         "tokenizer_fingerprint"), "max_length": _trained_length(path.parent / "config.yaml")}
 
 
-def _read_checkpoint(path: Path, model_config: ModernBertConfig | None = None) -> tuple[ModernBertForMaskedLM, dict]:
-    """The model and our RunState record ({} for a research checkpoint)."""
+def _read_checkpoint(path: Path, model_config: ModernBertConfig | None = None,
+                     verified: bool = False) -> tuple[ModernBertForMaskedLM, dict]:
+    """The model and our RunState record ({} for a research checkpoint). A checkpoint with a manifest beside it is
+    verified first, unless the caller has (``verified``): hashing a large checkpoint twice costs minutes."""
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at '{path}'")
-    if manifest_path(path).is_file() and (problem := verify(path)) is not None:
+    if not verified and manifest_path(path).is_file() and (problem := verify(path)) is not None:
         raise CheckpointError(f"{path}: {problem}; export another checkpoint (`bertforge export RUN_DIR OUT --all` "
                               f"exports each one that verifies)")
     state = read_checkpoint_state(path)
@@ -191,7 +193,6 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, every_tokens: int | 
     import yaml
 
     from bertforge.atomic import write_text_atomic
-    from bertforge.schema import ConfigError
     from bertforge.store import is_remote
     from bertforge.train.run_folder import RunFolder, checkpoint_batch
 
@@ -226,7 +227,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, every_tokens: int | 
             if tokens is None or tokens // every_tokens == last_multiple:
                 continue
             last_multiple = tokens // every_tokens
-        model, run_state = _read_checkpoint(checkpoint)
+        model, run_state = _read_checkpoint(checkpoint, verified=True)  # verified above
         _check_tokenizer(tokenizer, run_state, checkpoint)
         name = f"step{batch:07d}-tokens{tokens if tokens is not None else 'unknown'}"
         entry = {"name": name, "step": batch, "tokens": tokens, "train_loss": row.get("loss"),
