@@ -6,7 +6,7 @@ seed) cannot change under them without making a different run that still calls i
 restart the new config is compared with the run's recorded one (``config.yaml``, written by the first start) and
 the recorded identity of each stream's dataset (``streams.json``: a hash of its index.json). A change to any of
 those is refused with the difference and the two ways on; a change that is safe mid-run (the LR and schedule,
-eval, logging, checkpoint cadence, a longer ``max_duration``) is allowed and appended to ``config_changes.jsonl``,
+eval, logging, checkpoint cadence, ``max_duration``: it moves the schedule's end as an LR change would) is allowed and appended to ``config_changes.jsonl``,
 which the run's lineage carries into every later checkpoint and W&B; ``config.yaml`` keeps the first start's
 values.
 """
@@ -22,7 +22,7 @@ import yaml
 
 from bertforge.atomic import write_text_atomic
 from bertforge.schema import ConfigError
-from bertforge.train.config import TrainConfig, parse_time, resolved_yaml
+from bertforge.train.config import TrainConfig, resolved_yaml
 from bertforge.train.run_folder import RunFolder
 
 SAFE_CHANGES = ("run_name", "save_folder", "staging_folder", "max_duration", "optimizer.lr", "schedule.", "eval.",
@@ -64,8 +64,6 @@ def check_restart(config: TrainConfig, folder: RunFolder, checkpoint: Path) -> l
     changed = _differences(recorded, new)
     refused = {key: pair for key, pair in changed.items() if not key.startswith(SAFE_CHANGES)}
     refused |= _stream_changes(recorded, config, folder)
-    if "max_duration" in changed and not _longer(*changed["max_duration"]):
-        refused["max_duration"] = changed["max_duration"]
     if refused:
         lines = "; ".join(f"{key}: {old!r} -> {value!r}" for key, (old, value) in sorted(refused.items()))
         raise ConfigError(
@@ -117,10 +115,3 @@ def _stream_changes(recorded: dict, config: TrainConfig, folder: RunFolder) -> d
             refused[f"data.streams.{name}.local/remote"] = ((old[name].get("local"), old[name].get("remote")),
                                                              (new[name]["local"], new[name]["remote"]))
     return refused
-
-
-def _longer(old: str | None, new: str) -> bool:
-    if old is None:
-        return True
-    (was, old_unit), (now, new_unit) = parse_time(old, "max_duration"), parse_time(new, "max_duration")
-    return old_unit == new_unit and now >= was
