@@ -9,12 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from transformers import AutoModelForMaskedLM
+
 MIN_DROP = 2.0  # nats of held-out MLM loss, first eval to last
 
 
 def main() -> int:
-    from transformers import AutoModelForMaskedLM
-
     model = AutoModelForMaskedLM.from_pretrained("runs/quickstart/hf")
     print(f"runs/quickstart/hf loads in AutoModelForMaskedLM ({model.num_parameters():,} parameters)")
     evals = [row for row in map(json.loads, Path("runs/quickstart/metrics.jsonl").read_text().splitlines())

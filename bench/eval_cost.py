@@ -4,7 +4,7 @@
     python bench/eval_cost.py --preset base --max-tokens 20000 --interval-tokens 1000000000
 
 Both sides run the same packed batches (the eval set's) through the same model in one process, alternating:
-the eval side as ``bertforge.eval.mlm.evaluate`` does it (no gradients), the training side as a training step
+the eval side as ``bertforge.eval.mlm.mlm_metrics`` does it (no gradients), the training side as a training step
 (forward, backward, AdamW). Reported: seconds of each, their ratio, and the share of training time an eval every
 ``--interval-tokens`` costs (eval seconds per token x eval tokens / (train seconds per token x interval)).
 """
@@ -21,7 +21,7 @@ import torch
 from model_step import make_step
 
 from bertforge.eval.config import EvalConfig
-from bertforge.eval.mlm import evaluate, load_eval_set
+from bertforge.eval.mlm import load_eval_set, mlm_metrics
 from bertforge.model import ModernBertForMaskedLM, load_model_config
 
 
@@ -51,7 +51,7 @@ def main() -> None:
     eval_s, train_s = [], []
     for _ in range(args.repeats + 1):  # the first round warms up
         start = time.perf_counter()
-        evaluate(model, sets)
+        mlm_metrics(model, sets)
         eval_s.append(time.perf_counter() - start)
         start = time.perf_counter()
         for step in steps:

@@ -29,7 +29,7 @@ from bertforge.model import ModernBertForMaskedLM, load_model_config
 
 
 def fresh_model(out: Path, preset: str, tokenizer: str) -> Path:
-    from bertforge.train.export import export_model
+    from bertforge.export.folder import export_model
 
     torch.manual_seed(0)
     return export_model(ModernBertForMaskedLM(load_model_config(preset)), out, tokenizer)
@@ -116,7 +116,8 @@ def main() -> None:
         ours = train_seed(task, model_dir, task.train.seed, Path(tmp) / "ours", log=lambda _: None)
         theirs = transformers_trainer(task, model_dir, examples, Path(tmp) / "hf")
     lengths = [len(x) for x in examples.ids]
-    summary = {"task": task.name + (" (lengths varied)" if args.vary_lengths else ""), "model": str(args.model or f"fresh {args.preset}"), "examples": len(lengths),
+    summary = {"task": task.name + (" (lengths varied)" if args.vary_lengths else ""),
+               "model": str(args.model or f"fresh {args.preset}"), "examples": len(lengths),
                "epochs": args.epochs, "batch_size": task.train.batch_size, "mean_length": sum(lengths) / len(lengths),
                "padding_share_hf": padded_share(lengths, task.train.batch_size, task.train.seed),
                "ours_examples_per_s": ours["examples_per_s"], "transformers_examples_per_s": theirs["examples_per_s"],

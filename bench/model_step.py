@@ -193,9 +193,11 @@ def main() -> None:
         profile_ours(args.presets[0], args.seq_lens[0], args.tokens, device, args.mds, args.tokenizer)
         return
     rows = []
-    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{torch.get_num_threads()} threads'}), "
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"{torch.get_num_threads()} threads"
+    print(f"device {device} ({where}), "
           f"torch {torch.__version__}, {args.tokens} real tokens per step, median of {args.iters} after {args.warmup}")
-    print(f"{'preset':6} {'seq':>5} {'side':28} {'docs':>5} {'padded':>7} {'step s':>8} {'tok/s':>10} {'ratio':>6} {'peak GiB':>8}")
+    print(f"{'preset':6} {'seq':>5} {'side':28} {'docs':>5} {'padded':>7} {'step s':>8} {'tok/s':>10} {'ratio':>6} "
+          f"{'peak GiB':>8}")
     for preset in args.presets:
         for seq_len in args.seq_lens:
             for row in compare(preset, seq_len, args.tokens, device, torch.bfloat16 if args.bf16 else None,

@@ -20,13 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from bertforge.train.run_folder import RunFolder
+from bertforge.checkpoint.run_folder import RunFolder
 
 
 def run(config: str, tokens: int, compiled: bool, overrides: list[str], folder: Path) -> dict:
     bertforge = str(Path(sys.executable).with_name("bertforge"))
     start = time.perf_counter()
-    result = subprocess.run([bertforge, "train", config, f"max_duration={tokens}tok", f"compile={str(compiled).lower()}",
+    result = subprocess.run([bertforge, "train", config, f"max_duration={tokens}tok",
+                             f"compile={str(compiled).lower()}",
                              f"save_folder={folder}", "export_dir=null", "checkpoint.interval=1000000ba",
                              "log_interval=1", *overrides], capture_output=True, text=True)
     wall = time.perf_counter() - start

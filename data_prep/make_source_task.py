@@ -5,7 +5,8 @@ of text comes from. The sample corpus's three sources make it a fine-tuning exam
     bertforge finetune yamls/finetune/sample-source.yaml runs/quickstart/hf
 
 Passages are the non-overlapping windows of each document; a document goes to train or to validation by a hash of
-its text, so the two splits share no document. Writes OUT/train.jsonl and OUT/validation.jsonl ({"text", "label"} per line).
+its text, so the two splits share no document. Writes OUT/train.jsonl and OUT/validation.jsonl ({"text", "label"}
+per line).
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ def sample_data(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory):
     """A moto S3 server on 127.0.0.1 with a bucket 'bertforge'; this process (and its children) point at it."""
-    from tests.s3_server import S3Server, require_moto
+    from s3_server import S3Server, require_moto
 
     require_moto()
     server = S3Server(tmp_path_factory.mktemp("s3") / "moto.log")

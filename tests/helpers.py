@@ -176,7 +176,7 @@ def assert_export_matches(hf_dir: Path, checkpoint: Path, atol: float = 1e-5) ->
     ``checkpoint`` (random ids of the test tokenizer's range)."""
     from transformers import AutoModelForMaskedLM
 
-    from bertforge.train.export import load_checkpoint_model
+    from bertforge.checkpoint.read import load_checkpoint_model
 
     hf = AutoModelForMaskedLM.from_pretrained(hf_dir).eval()
     ours = load_checkpoint_model(checkpoint).eval()

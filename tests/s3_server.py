@@ -12,8 +12,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from tests.helpers import free_port
+from helpers import free_port
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bertforge-test", "AWS_SECRET_ACCESS_KEY": "bertforge-test-secret",
                "AWS_DEFAULT_REGION": "us-east-1"}

@@ -1,7 +1,8 @@
 """A real two-node Slurm cluster on this machine, for the SLURM tests.
 
 munged, one slurmctld and two slurmd daemons (nodes n1 and n2, both on 127.0.0.1 with their own ports and each
-with its own /dev/shm), all configured in a temporary directory and stopped afterwards. Clients find it through ``SLURM_CONF``.
+with its own /dev/shm), all configured in a temporary directory and stopped afterwards. Clients find it through
+``SLURM_CONF``.
 """
 
 from __future__ import annotations

@@ -218,7 +218,7 @@ def test_next_phase_starts_from_its_predecessor_and_resumes_itself(tmp_path, sam
 
 
 def test_slurm_task_environment_becomes_composers():
-    from bertforge.schema import ConfigError
+    from bertforge.errors import ConfigError
     from bertforge.train.launcher import adopt_launcher_environment
 
     env = {"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NODEID": "2", "SLURM_NTASKS": "8",

@@ -6,9 +6,8 @@ import argparse
 import sys
 
 from bertforge import __version__
-from bertforge.errors import StoppedBySignal, TrainingDiverged
+from bertforge.errors import ConfigError, StoppedBySignal, TrainingDiverged
 from bertforge.failures import explain
-from bertforge.schema import ConfigError
 from bertforge.train.signals import REQUEUE_EXIT_CODE
 
 DIVERGED_EXIT_CODE = 3
@@ -22,8 +21,8 @@ def _model_info(args: argparse.Namespace) -> None:
 
 
 def _model_init(args: argparse.Namespace) -> None:
+    from bertforge.export.folder import export_fresh_model
     from bertforge.model import load_model_config
-    from bertforge.train.export import export_fresh_model
 
     out = export_fresh_model(load_model_config(args.model, args.overrides), args.out, args.seed, args.tokenizer)
     print(f"wrote a freshly initialised {args.model} model to {out}")
@@ -55,9 +54,9 @@ def _prep(args: argparse.Namespace) -> None:
 
 
 def _verify(args: argparse.Namespace) -> None:
-    from bertforge.data.integrity import format_reports, raise_on_problems, verify
+    from bertforge.data.integrity import format_reports, raise_on_problems, verify_dataset
 
-    reports = verify(args.folder)
+    reports = verify_dataset(args.folder)
     print(format_reports(reports))
     raise_on_problems(args.folder, reports)
 
@@ -133,7 +132,7 @@ def _slurm(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from bertforge.train.export import export_checkpoint, export_run, fix_tokenizer
+    from bertforge.export.folder import export_checkpoint, export_run, fix_tokenizer
 
     if args.fix_tokenizer:
         if args.out or args.all:
@@ -156,15 +155,16 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _average(args: argparse.Namespace) -> None:
-    from bertforge.train.average import average, last_checkpoints
+    from bertforge.export.average import average, last_checkpoints
 
     *sources, out = args.paths
     if args.last is not None:
         if len(sources) != 1:
             raise ConfigError("--last K averages the K newest checkpoints of one run: `bertforge average RUN_DIR OUT "
                               "--last K`")
-        sources = last_checkpoints(sources[0], args.last)
-    print(f"averaged {len(sources)} model(s) into {average(sources, out, args.tokenizer)}")
+        sources = last_checkpoints(sources[0], args.last)  # each verified once, here
+    averaged = average(sources, out, args.tokenizer, verified=args.last is not None)
+    print(f"averaged {len(sources)} model(s) into {averaged}")
 
 
 def _quickstart(args: argparse.Namespace) -> None:
@@ -226,7 +226,8 @@ def _add_eval(commands) -> None:
     mlm = kinds.add_parser("mlm", help="masked-LM loss, accuracy and perplexity on prepared (held-out) data, "
                                        "the numbers a run's eval: block logs")
     mlm.add_argument("model", help="a HuggingFace ModernBERT directory (ours or transformers') or a checkpoint of ours")
-    mlm.add_argument("--data", required=True, help="prepared datasets, comma-separated (e.g. mds/web/eval,mds/code/eval)")
+    mlm.add_argument("--data", required=True,
+                     help="prepared datasets, comma-separated (e.g. mds/web/eval,mds/code/eval)")
     mlm.add_argument("--max-tokens", type=int, default=1_000_000, help="real tokens per dataset (default 1M)")
     mlm.add_argument("--seq-len", type=int, help="row length (default: the model's max_position_embeddings)")
     mlm.add_argument("--rows", type=int, default=8, help="rows per micro-batch (the result does not depend on it)")

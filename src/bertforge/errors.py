@@ -3,6 +3,11 @@ without loading torch before a subcommand starts (``bertforge train`` must insta
 ``bertforge.train.signals``)."""
 
 
+class ConfigError(ValueError):
+    """A problem in a config, a command's arguments or a folder that the user can fix; the message says where and
+    how."""
+
+
 class CheckpointError(ValueError):
     """A checkpoint that does not fit the model, fails verification, or holds more than data; the message names
     the file and what is wrong."""

@@ -12,8 +12,7 @@ from __future__ import annotations
 import errno
 import json
 
-from bertforge.errors import CheckpointError, DataError
-from bertforge.schema import ConfigError
+from bertforge.errors import CheckpointError, ConfigError, DataError
 
 
 def disk_full(err: BaseException) -> bool:

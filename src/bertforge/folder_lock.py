@@ -16,7 +16,7 @@ import socket
 import time
 from pathlib import Path
 
-from bertforge.schema import ConfigError
+from bertforge.errors import ConfigError
 
 
 def _start_time(pid: int) -> str | None:

@@ -115,7 +115,8 @@ def summary(layout: Layout, config) -> str:
     if evals:
         first, last = evals[0], evals[-1]
         lines += [f"held-out MLM ({config.eval.mask_rate:.0%} masked, {last['predictions']:,} predictions):",
-                  f"  at {first['tokens']:>9,} tokens: loss {first['loss']:.2f}, top-1 accuracy {first['accuracy']:.1%}",
+                  f"  at {first['tokens']:>9,} tokens: loss {first['loss']:.2f}, "
+                  f"top-1 accuracy {first['accuracy']:.1%}",
                   f"  at {last['tokens']:>9,} tokens: loss {last['loss']:.2f}, top-1 accuracy {last['accuracy']:.1%}",
                   ""]
     lines += ["wrote:",

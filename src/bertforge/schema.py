@@ -1,32 +1,88 @@
-"""Turn plain YAML mappings into config dataclasses, failing early with messages a user can act on.
+"""Turn YAML files into config dataclasses, failing early with messages a user can act on.
 
-Every YAML key bertforge reads is a field of some dataclass; this module is the one place that checks a
-mapping against those fields, so an unknown key, a wrong type or an impossible value is reported with the
-file it came from, the dotted key, and the fix (for a typo, the nearest valid key).
+Every YAML key bertforge reads is a field of some dataclass; this module is the one place that reads a config file
+(``load_config``: the file, its ``includes``, ``key=value`` overrides, interpolations) and checks the mapping against
+those fields, so a syntax error, a bad interpolation, an unknown key, a wrong type or an impossible value is reported
+with the file it came from, the dotted key, and the fix (for a typo, the nearest valid key).
+
+Imports no torch: `bertforge plan`, `slurm` and `--print-config` stay light.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
+import sysconfig
 import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from bertforge.errors import ConfigError
+from bertforge.paths import YAMLS_DIR
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A problem in a config that the user can fix; the message says where and how."""
+def load_config(cls: type[T], path: str | Path, overrides: list[str] | None = None) -> T:
+    """Dataclass ``cls`` from the YAML file ``path`` with its ``includes`` merged under it and ``key=value``
+    overrides over it; ``${stdlib:}`` and ``${package_dir:NAME}`` resolve to where this Python keeps text."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no config file '{path}'")
+    _register_resolvers()
+    try:
+        conf = OmegaConf.merge(_load_with_includes(path), OmegaConf.from_dotlist(list(overrides or [])))
+        resolved = OmegaConf.to_container(conf, resolve=True)
+    except OmegaConfBaseException as err:  # an interpolation naming a missing key, an override of a wrong shape
+        raise ConfigError(f"{path}: {str(err).splitlines()[0]}; fix the file or the override") from None
+    except yaml.YAMLError as err:  # the file itself was read by load_yaml: this is an override
+        raise ConfigError(f"{path}: an override is not valid YAML ({getattr(err, 'problem', err)}); fix the file or "
+                          f"the override") from None
+    return build(cls, resolved, source=str(path))
+
+
+def _package_dir(name: str) -> str:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"${{package_dir:{name}}}: no installed package '{name}'")
+    return list(spec.submodule_search_locations)[0]
+
+
+def _register_resolvers() -> None:
+    """${stdlib:} and ${package_dir:NAME} let recipes point at text every Python install has."""
+    if not OmegaConf.has_resolver("stdlib"):
+        OmegaConf.register_resolver("stdlib", lambda: sysconfig.get_paths()["stdlib"])
+        OmegaConf.register_resolver("package_dir", _package_dir)
+
+
+def _load_with_includes(path: Path, seen: tuple[Path, ...] = ()) -> Any:
+    """The file's mapping over its ``includes`` (``key: file`` puts a file's mapping under ``key``; ``.`` at the
+    top), each found beside the file or under yamls/."""
+    if path in seen:
+        raise ConfigError(f"{path}: includes itself (via {' -> '.join(map(str, seen))})")
+    conf = load_yaml(path)
+    includes = conf.pop("includes", None) if "includes" in conf else None
+    merged = OmegaConf.create()
+    for key, target in (includes or {}).items():
+        candidates = [path.parent / target, YAMLS_DIR / target]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise ConfigError(f"{path}: includes.{key} names '{target}', found neither "
+                              f"{candidates[0]} nor {candidates[1]}")
+        sub = _load_with_includes(found, seen + (path,))
+        merged = OmegaConf.merge(merged, sub if key == "." else OmegaConf.create({key: sub}))
+    return OmegaConf.merge(merged, conf)
 
 
 def load_yaml(path: Path):
     """``OmegaConf.load``, with a YAML syntax error reported as one line naming the file, line and column."""
-    import yaml
-    from omegaconf import OmegaConf
-
     try:
         return OmegaConf.load(path)
     except yaml.YAMLError as err:

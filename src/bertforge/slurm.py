@@ -18,9 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bertforge.atomic import write_text_atomic
+from bertforge.checkpoint.run_folder import RunFolder, open_run_folder
+from bertforge.data.prep import staging_folder, unfinished
+from bertforge.data.recipe import load_recipe
+from bertforge.errors import ConfigError
 from bertforge.paths import REPO_ROOT
-from bertforge.schema import ConfigError
-from bertforge.train.run_folder import RunFolder, open_run_folder
+from bertforge.store import is_remote
+from bertforge.train.config import load_train_config
+from bertforge.train.preflight import preflight
+from bertforge.train.signals import REQUEUE_EXIT_CODE
 
 TEMPLATE = REPO_ROOT / "slurm" / "bertforge.sbatch"
 PREP_TEMPLATE = REPO_ROOT / "slurm" / "prep.sbatch"
@@ -97,8 +103,6 @@ def sbatch_options(job: SlurmJob, run_name: str, log: Path) -> list[str]:
 
 def render_script(config_path: str | Path, overrides: list[str], job: SlurmJob, run_name: str, folder: RunFolder,
                   workdir: Path, template: Path = TEMPLATE) -> str:
-    from bertforge.train.signals import REQUEUE_EXIT_CODE
-
     command = [sys.executable, "-m", "bertforge.train", str(Path(config_path).resolve()), *overrides]
     fields = {
         "sbatch_options": "\n".join(sbatch_options(job, run_name, folder.slurm / "slurm-%j.out")),
@@ -171,12 +175,9 @@ def render_prep_scripts(recipe_path: str | Path, overrides: list[str], job: Prep
 def prepare_prep_job(recipe_path: str | Path, overrides: list[str], job: PrepJob, submit: bool
                      ) -> tuple[Path | None, Path, str]:
     """Check the recipe (and, to submit, the cluster), find the shares with unfinished units, write the scripts
-    under the prep's slurm folder (out_dir/slurm, or ./slurm-prep/RECIPE for an out_dir in an object store); returns the array script (None when every unit is finished), the finishing
-    step's script, and a line saying what they do."""
-    from bertforge.data.prep import staging_folder, unfinished
-    from bertforge.data.recipe import load_recipe
-    from bertforge.store import is_remote
-
+    under the prep's slurm folder (out_dir/slurm, or ./slurm-prep/RECIPE for an out_dir in an object store);
+    returns the array script (None when every unit is finished), the finishing step's script, and a line saying
+    what they do."""
     recipe = load_recipe(recipe_path, overrides)
     if submit:
         check_against_cluster(SlurmJob(nodes=job.nodes, partition=job.partition))
@@ -253,9 +254,6 @@ def check_against_cluster(job: SlurmJob) -> str:
 
 def prepare_job(config_path: str | Path, overrides: list[str], job: SlurmJob, submit: bool) -> tuple[Path, str]:
     """Check the config (and, to submit, the cluster), write the script next to the run; return it and its text."""
-    from bertforge.train.config import load_train_config
-    from bertforge.train.preflight import preflight
-
     config = load_train_config(config_path, overrides)
     preflight(config, job.world_size, device="gpu" if job.gpus_per_node else "cpu")
     if submit:

@@ -13,10 +13,13 @@ Imports no torch; boto3 is imported when a store is first used.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 from pathlib import Path
 
-from bertforge.schema import ConfigError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from bertforge.errors import ConfigError
 
 SCHEMES = ("s3",)
 """The object stores bertforge reads and writes itself (streaming can read more, but the checks here cannot)."""
@@ -55,7 +58,7 @@ class RemoteFolder:
         sub-folder can share it."""
         if self._client_of is not None:
             return self._client_of._store
-        from composer.utils.object_store import S3ObjectStore
+        from composer.utils.object_store import S3ObjectStore  # noqa: PLC0415 (Composer loads torch; prep and plan use the store torch-free)
 
         return S3ObjectStore(bucket=self.bucket)
 
@@ -64,8 +67,6 @@ class RemoteFolder:
 
     def check(self, what: str) -> None:
         """The bucket exists and the credentials may use it; else one line naming ``what``, the URL and a fix."""
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
-
         endpoint = os.environ.get("S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
         try:
             self._store.client.head_bucket(Bucket=self.bucket)
@@ -98,8 +99,6 @@ class RemoteFolder:
         return {name: size for name, (size, _) in self.listing(under).items()}
 
     def exists(self, name: str) -> bool:
-        from botocore.exceptions import ClientError
-
         try:
             self._store.client.head_object(Bucket=self.bucket, Key=self._key(name))
             return True
@@ -127,15 +126,11 @@ class RemoteFolder:
     def sync_down(self, name: str, local: Path, etag: str) -> None:
         """``name`` to ``local`` unless ``local`` already holds the same bytes (its MD5 is the object's ETag, as S3
         gives it for a small object uploaded whole; any other ETag means a download)."""
-        import hashlib
-
         if not (local.is_file() and hashlib.md5(local.read_bytes()).hexdigest() == etag):
             self.download(name, local)
 
     def read_text(self, name: str) -> str | None:
         """An object's text, or None when there is no such object."""
-        from botocore.exceptions import ClientError
-
         try:
             body = self._store.client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"]
         except ClientError as err:

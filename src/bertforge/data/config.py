@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bertforge.errors import ConfigError
 from bertforge.paths import keyed_folder
-from bertforge.schema import ConfigError
 from bertforge.store import is_remote
 
 

@@ -15,6 +15,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import xxhash
+
+from bertforge.data.provenance import check_stream
 from bertforge.errors import DataError
 from bertforge.store import RemoteFolder
 
@@ -24,8 +27,6 @@ SHARD_HASH = "xxh3_64"
 
 def _hash(algorithm: str, data: bytes) -> str:
     if algorithm.startswith("xxh"):
-        import xxhash
-
         return getattr(xxhash, algorithm)(data).hexdigest()
     return hashlib.new(algorithm, data).hexdigest()
 
@@ -62,8 +63,6 @@ def check_prepared_stream(name: str, local: str | Path, tokenizer: str, fingerpr
 
     With ``remote`` (an s3:// folder) the shards are checked in the store by one listing, and its index.json and
     stats.json are fetched into ``local`` (the stream's cache, where streaming then finds the index)."""
-    from bertforge.data.provenance import check_stream
-
     sizes = _fetch_remote_index(name, remote, Path(local)) if remote is not None else None
     index = read_index(local)
     if sizes is None:
@@ -168,7 +167,7 @@ def verify_source(folder: Path) -> SourceReport:
     return report
 
 
-def verify(root: str | Path) -> list[SourceReport]:
+def verify_dataset(root: str | Path) -> list[SourceReport]:
     """Every prepared source at ``root``: the folder itself if it holds an index.json, else each child that does
     (and its held-out split, ``eval/``)."""
     root = Path(root)

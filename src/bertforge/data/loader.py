@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import functools
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from streaming import Stream, StreamingDataset
+from streaming.base.dataset import _ShardState
+from torch.utils.data import DataLoader
 
 from bertforge.data.config import DataConfig, StreamConfig, stream_cache
 from bertforge.data.integrity import check_prepared_stream, index_hash
@@ -23,9 +27,8 @@ from bertforge.data.masking import mask_tokens, random_token_pool
 from bertforge.data.packing import BestFitPacker, PackedRows
 from bertforge.data.provenance import tokenizer_fingerprint
 from bertforge.data.tokenizer import load_tokenizer, special_ids
-from bertforge.errors import DataError
+from bertforge.errors import ConfigError, DataError
 from bertforge.labels import IGNORE_INDEX
-from bertforge.schema import ConfigError
 
 
 @dataclass
@@ -59,9 +62,6 @@ def _checked_dataset_class():
     shard's state released, and every later request for a shard, and the end of the iteration, raise a DataError
     that names the file.
     """
-    from streaming import StreamingDataset
-    from streaming.base.dataset import _ShardState
-
     class ShardCheckedDataset(StreamingDataset):
         _failure: DataError | None = None
 
@@ -92,8 +92,6 @@ def _checked_dataset_class():
 def _writable(folder: str) -> bool:
     """Whether files can be created in ``folder`` (tried, since root passes permission checks a read-only mount
     refuses)."""
-    import tempfile
-
     try:
         with tempfile.TemporaryFile(dir=folder):
             return True
@@ -110,8 +108,6 @@ def _stream(name: str, stream: StreamConfig, config: DataConfig, fingerprint: st
     cache, leaving it untouched. A stream in an object store (``remote: s3://...``) is downloaded shard by shard
     into ``local``. Shards hashed at prep are checked against their hash as they are unpacked.
     """
-    from streaming import Stream
-
     local, remote = stream.local, stream.remote
     validate = index_hash(check_prepared_stream(name, local, config.tokenizer, fingerprint, remote=remote))
     if remote is None and (config.cache_dir or not _writable(local)):
@@ -191,8 +187,6 @@ class PackedMLMLoader:
     # -- iteration --------------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[PackedBatch]:
         """One pass over the current epoch; the packer's leftovers carry over to the next epoch."""
-        from torch.utils.data import DataLoader
-
         if self._resume is not None:
             self.dataset.load_state_dict(self._resume)
             self._resume = None

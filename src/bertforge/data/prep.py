@@ -28,16 +28,18 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
+import xxhash
+from tqdm import tqdm
+
 from bertforge.atomic import write_text_atomic
 from bertforge.data.integrity import SHARD_HASH
 from bertforge.data.provenance import source_provenance, tokenizer_fingerprint, unit_provenance
 from bertforge.data.recipe import PrepRecipe
 from bertforge.data.sources import Unit, check_text_fields, plan_units, read_unit
 from bertforge.data.tokenizer import load_tokenizer, special_ids, tokenizer_size_and_specials
-from bertforge.errors import DataError
+from bertforge.errors import ConfigError, DataError
 from bertforge.folder_lock import acquire_lock, release_lock
 from bertforge.paths import keyed_folder
-from bertforge.schema import ConfigError
 from bertforge.store import RemoteFolder, is_remote
 
 _BATCH = 256
@@ -117,15 +119,13 @@ class UnitJob:
 
 def held_out(text: str, fraction: float) -> bool:
     """Whether a document goes to the held-out split: a hash of its text, not its place in the input, decides."""
-    import xxhash
-
     return fraction > 0 and xxhash.xxh64_intdigest(text.encode("utf-8", "surrogatepass")) < fraction * 2**64
 
 
 def prepare_unit(job: UnitJob) -> tuple[dict, dict]:
     """Tokenize one unit into its training shards and held-out shards; returns the stats of each."""
-    import numpy as np
-    from streaming import MDSWriter
+    import numpy as np  # noqa: PLC0415 (torch-free: `bertforge slurm prep` imports this)
+    from streaming import MDSWriter  # noqa: PLC0415 (torch-free: `bertforge slurm prep` imports this)
 
     tok = _worker_tokenizer(job.tokenizer)
     ids = special_ids(tok)
@@ -316,7 +316,7 @@ def prepare(recipe: PrepRecipe, *, progress: bool = True, force: bool = False, s
     lock = out_dir / (f"prep-share{share.index}.lock" if share else "prep.lock")
     acquire_lock(lock, "bertforge prep")
     try:
-        todo, done = _plan(recipe, units_by_source, out_dir, remote, force, share)
+        todo, done = _units_to_prepare(recipe, units_by_source, out_dir, remote, force, share)
         if work:
             _run_units(recipe, [job for _, job in todo], done, progress)
         if not finish:
@@ -330,7 +330,7 @@ def unfinished(recipe: PrepRecipe, shares: int | None = None) -> list[str] | lis
     """The units (source/key) not yet finished in ``out_dir``; with ``shares``, the shares that hold any."""
     remote = _checked_store(recipe)
     units_by_source = {src.name: plan_units(src, recipe.files_per_unit) for src in recipe.sources}
-    todo, _ = _plan(recipe, units_by_source, staging_folder(recipe), remote, force=False)
+    todo, _ = _units_to_prepare(recipe, units_by_source, staging_folder(recipe), remote, force=False)
     if shares is None:
         return [f"{job.unit.source}/{job.unit.key}" for _, job in todo]
     return sorted({place % shares for place, _ in todo})
@@ -345,7 +345,7 @@ def _checked_store(recipe: PrepRecipe) -> RemoteFolder | None:
     return remote
 
 
-def _plan(recipe: PrepRecipe, units_by_source: dict[str, list], out_dir: Path, remote: RemoteFolder | None,
+def _units_to_prepare(recipe: PrepRecipe, units_by_source: dict[str, list], out_dir: Path, remote: RemoteFolder | None,
           force: bool, share: Share | None = None) -> tuple[list[tuple[int, UnitJob]], dict]:
     """The units to make (with their place in the recipe's unit order) and the stats of those already made; with
     ``share``, of that share's units only (other array tasks are busy with the rest).
@@ -401,8 +401,6 @@ def _fetch_stored_unit(source: RemoteFolder, key: str, part_dir: Path, eval_part
 
 def _run_units(recipe: PrepRecipe, todo: list[UnitJob], done: dict, progress: bool) -> None:
     """Make the units of ``todo`` in parallel worker processes, recording their stats in ``done``."""
-    from tqdm import tqdm
-
     start, docs, tokens = time.time(), 0, 0
     bar = tqdm(total=len(todo), unit="unit", desc="prep", disable=not progress)
     if todo:

@@ -16,7 +16,9 @@ from pathlib import Path
 
 from bertforge import __version__
 from bertforge.data.recipe import PrepRecipe
-from bertforge.schema import ConfigError
+from bertforge.data.tokenizer import load_tokenizer, tokenizer_size_and_specials
+from bertforge.errors import ConfigError
+from bertforge.store import RemoteFolder, is_remote
 
 # The parts of a tokenizer.json that decide which ids a text becomes; formatting, padding and truncation settings
 # (which transformers rewrites when it saves a tokenizer again) are left out.
@@ -25,14 +27,10 @@ _DECIDING = ("normalizer", "pre_tokenizer", "model", "added_tokens")
 
 def tokenizer_fingerprint(name_or_path: str) -> str:
     """A short hash of what maps text to ids, and of the special ids: equal for a tokenizer saved again."""
-    from bertforge.data.tokenizer import tokenizer_size_and_specials
-
     path = Path(name_or_path) / "tokenizer.json"
     if path.is_file():
         spec = json.loads(path.read_text())
     else:
-        from bertforge.data.tokenizer import load_tokenizer
-
         spec = json.loads(load_tokenizer(name_or_path).backend_tokenizer.to_str())
     size, ids = tokenizer_size_and_specials(name_or_path)
     deciding = {key: spec.get(key) for key in _DECIDING}
@@ -81,8 +79,6 @@ def check_stream(name: str, local: str, tokenizer: str, fingerprint: str) -> Non
 def recorded_tokenizer(dataset: str) -> str | None:
     """The tokenizer a prepared dataset (a folder, or a URL in an object store) records in its stats.json, or None
     when it records none."""
-    from bertforge.store import RemoteFolder, is_remote
-
     if is_remote(dataset):
         text = RemoteFolder(dataset).read_text("stats.json")
     else:

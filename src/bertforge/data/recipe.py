@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from bertforge.schema import ConfigError
+from bertforge.errors import ConfigError
+from bertforge.schema import load_config
 
 InputFormat = Literal["jsonl", "parquet", "files", "docstrings", "pydoc_topics", "hf"]
 
@@ -109,33 +108,8 @@ class PrepRecipe:
             raise ConfigError(f"source names must be unique, got {names}")
 
 
-def _package_dir(name: str) -> str:
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"${{package_dir:{name}}}: no installed package '{name}'")
-    return list(spec.submodule_search_locations)[0]
-
-
-def register_resolvers() -> None:
-    """${stdlib:} and ${package_dir:NAME} let recipes point at text every Python install has."""
-    from omegaconf import OmegaConf
-
-    if not OmegaConf.has_resolver("stdlib"):
-        OmegaConf.register_resolver("stdlib", lambda: sysconfig.get_paths()["stdlib"])
-        OmegaConf.register_resolver("package_dir", _package_dir)
-
-
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> PrepRecipe:
-    from omegaconf import OmegaConf
-
-    from bertforge.schema import build, load_yaml
-
-    register_resolvers()
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no recipe file '{path}'")
-    conf = OmegaConf.merge(load_yaml(path), OmegaConf.from_dotlist(list(overrides or [])))
-    recipe = build(PrepRecipe, OmegaConf.to_container(conf, resolve=True), source=str(path))
+    recipe = load_config(PrepRecipe, path, overrides)
     check_inputs_exist(recipe, source=str(path))
     return recipe
 

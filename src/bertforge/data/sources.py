@@ -17,8 +17,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import zstandard
+from tqdm import tqdm
+
 from bertforge.data.recipe import InputConfig, PrepRecipe, SourceConfig
-from bertforge.schema import ConfigError
+from bertforge.errors import ConfigError
 
 Record = tuple[str | None, str | None]
 
@@ -68,7 +71,7 @@ def plan_units(source: SourceConfig, files_per_unit: int) -> list[Unit]:
 def _first_record_fields(name: str, fmt: str) -> list[str] | None:
     """The fields of a JSONL or Parquet file's first record; None when it has no readable record."""
     if fmt == "parquet":
-        import pyarrow.parquet as pq
+        import pyarrow.parquet as pq  # noqa: PLC0415 (only for that input format)
 
         return list(pq.ParquetFile(name).schema_arrow.names)
     for line in _open_text_lines(name):
@@ -102,7 +105,7 @@ def read_unit(unit: Unit, bad_files: list[str] | None = None) -> Iterator[Record
     before the fault, counts once as 'unreadable file', and is appended to ``bad_files`` as "path: error"."""
     fmt = unit.input.format
     if fmt == "pydoc_topics":
-        from pydoc_data.topics import topics
+        from pydoc_data.topics import topics  # noqa: PLC0415 (only for that input format)
 
         yield from (_checked(topics[name]) for name in sorted(topics))
     elif fmt == "hf":
@@ -113,26 +116,15 @@ def read_unit(unit: Unit, bad_files: list[str] | None = None) -> Iterator[Record
         for name in unit.files:
             try:
                 yield from reader(name, unit.input.text_field)
-            except (EOFError, OSError, ValueError, zlib.error, *_decoder_errors()) as err:
+            except (EOFError, OSError, ValueError, zlib.error, zstandard.ZstdError) as err:
                 if bad_files is not None:
                     bad_files.append(f"{name}: {type(err).__name__}: {err}")
                 yield None, "unreadable file"
 
 
-def _decoder_errors() -> tuple[type[Exception], ...]:
-    """Errors of the optional decoders (zstandard), which are not OSError or ValueError."""
-    try:
-        import zstandard
-    except ImportError:
-        return ()
-    return (zstandard.ZstdError,)
-
-
 def recipe_texts(recipe: PrepRecipe, progress: bool = False) -> Iterator[str]:
     """Every document text of a recipe's sources, in order (what a tokenizer is trained on); with ``progress``, a
     bar over the units with documents and megabytes read, their rates, and an ETA."""
-    from tqdm import tqdm
-
     units = [unit for src in recipe.sources for unit in plan_units(src, recipe.files_per_unit)]
     docs, size, start = 0, 0, time.time()
     with tqdm(total=len(units), unit="unit", desc="reading", disable=not progress) as bar:
@@ -177,8 +169,6 @@ def _open_text_lines(name: str) -> Iterator[bytes]:
         with gzip.open(name, "rb") as fh:
             yield from fh
     elif name.endswith(".zst"):
-        import zstandard
-
         with open(name, "rb") as raw, zstandard.ZstdDecompressor().stream_reader(raw) as fh:
             yield from io.BufferedReader(fh)
     else:
@@ -206,7 +196,7 @@ def _read_jsonl(name: str, field: str) -> Iterator[Record]:
 
 
 def _read_parquet(name: str, field: str) -> Iterator[Record]:
-    import pyarrow.parquet as pq
+    import pyarrow.parquet as pq  # noqa: PLC0415 (only for that input format)
 
     table = pq.ParquetFile(name)
     if field not in table.schema_arrow.names:
@@ -220,7 +210,7 @@ def _read_parquet(name: str, field: str) -> Iterator[Record]:
 
 def _read_hf(inp: InputConfig) -> Iterator[Record]:
     try:
-        import datasets
+        import datasets  # noqa: PLC0415 (only for that input format)
     except ImportError as err:
         raise RuntimeError("format 'hf' needs the datasets package: pip install datasets") from err
     for record in datasets.load_dataset(inp.path, split=inp.split, streaming=True):

@@ -7,6 +7,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+from bertforge.errors import CheckpointError
+
 SPECIAL_TOKENS = ["[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]"]
 
 
@@ -28,7 +32,7 @@ MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
 
 def load_tokenizer(name_or_path: str, **settings):
     """A HuggingFace tokenizer; ``settings`` (``model_max_length``...) replace what its configuration says."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # noqa: PLC0415 (transformers loads torch; prep and plan stay torch-free)
 
     try:
         return AutoTokenizer.from_pretrained(name_or_path, **settings)
@@ -42,8 +46,6 @@ def save_model_tokenizer(name_or_path: str, out_dir: str | Path, *, vocab_size: 
     ``input_ids`` and ``attention_mask`` only, ``model_max_length`` the model's trained context (``max_length``;
     default: the tokenizer's own, at most ``max_positions``), and its special ids those of the model's config. A tokenizer with ids past the model's vocabulary, or other special ids, is
     refused (the first would fail in the embedding, the second mask and frame with the wrong tokens)."""
-    from bertforge.errors import CheckpointError
-
     tokenizer = load_tokenizer(name_or_path, model_input_names=MODEL_INPUT_NAMES)
     tokenizer.model_max_length = tokenizer.init_kwargs["model_max_length"] = min(
         max_length or tokenizer.model_max_length, max_positions)
@@ -70,7 +72,6 @@ def tokenizer_size_and_specials(name_or_path: str) -> tuple[int, SpecialIds]:
     if not ((path / "tokenizer.json").is_file() and (path / "tokenizer_config.json").is_file()):
         tokenizer = load_tokenizer(name_or_path)
         return len(tokenizer), special_ids(tokenizer)
-    from tokenizers import Tokenizer
 
     fast = Tokenizer.from_file(str(path / "tokenizer.json"))
     settings = json.loads((path / "tokenizer_config.json").read_text())
@@ -99,8 +100,7 @@ def _collect_special_ids(token_id: Callable[[str], int | None], source: str) -> 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path) -> Path:
     """Byte-level BPE, specials first (ids 0..4), vocabulary padded to a multiple of 64 with unused tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # noqa: PLC0415 (transformers loads torch; prep and plan stay torch-free)
 
     if vocab_size < 300:
         raise ValueError(f"--vocab-size must be at least 300 (256 bytes + specials), got {vocab_size}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bertforge.schema import ConfigError
+from bertforge.errors import ConfigError
 
 
 @dataclass

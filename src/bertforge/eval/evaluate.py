@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bertforge.checkpoint.read import load_masked_lm
 from bertforge.data.provenance import recorded_tokenizer
+from bertforge.errors import ConfigError
 from bertforge.eval.config import EvalConfig
-from bertforge.eval.mlm import evaluate, load_eval_set
-from bertforge.schema import ConfigError
-from bertforge.train.export import load_masked_lm
+from bertforge.eval.mlm import load_eval_set, mlm_metrics
 
 
 def stream_name(dataset: str) -> str:
@@ -36,7 +36,7 @@ def evaluate_model(model: str, datasets: list[str], config: EvalConfig, *, seq_l
     seq_len = seq_len or lm.config.max_position_embeddings
     sets = [load_eval_set(stream_name(d), d, tokenizer or dataset_tokenizer(d, Path(model)), config, seq_len,
                           lm.config.vocab_size) for d in (d.rstrip("/") for d in datasets if d)]
-    return evaluate(lm, sets)
+    return mlm_metrics(lm, sets)
 
 
 def format_result(result: dict) -> str:

@@ -10,6 +10,7 @@ of forward passes (a rank short of a batch runs one whose result it drops), as F
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -80,14 +81,12 @@ def _summary(sums: torch.Tensor) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model, sets: list[EvalSet], device: torch.device | str = "cpu", autocast=None) -> dict:
+def mlm_metrics(model, sets: list[EvalSet], device: torch.device | str = "cpu", autocast=None) -> dict:
     """{"loss", "accuracy", "perplexity", "predictions"} over all sets, and per set under "streams".
 
     ``model`` is a ModernBertForMaskedLM (sharded or not); ``autocast`` a context manager factory for the
     forward passes (the trainer's precision), or None.
     """
-    import contextlib
-
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank = torch.distributed.get_rank() if distributed else 0
     world = torch.distributed.get_world_size() if distributed else 1

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from bertforge.errors import ConfigError
 from bertforge.model.config import ClassifierConfig
-from bertforge.schema import ConfigError
+from bertforge.paths import resolve_yaml
+from bertforge.schema import load_config
 from bertforge.train.config import OptimizerConfig, WandbConfig
 
 METRICS = ("accuracy", "f1", "f1_macro", "f1_micro", "matthews", "pearson", "spearman")
@@ -136,14 +138,7 @@ class TaskConfig:
 
 def load_task(path: str | Path, overrides: list[str] | None = None) -> TaskConfig:
     """A task YAML (a path, or a name under yamls/finetune/) with ``key=value`` overrides."""
-    from omegaconf import OmegaConf
-
-    from bertforge.paths import resolve_yaml
-    from bertforge.schema import build
-    from bertforge.train.config import load_with_includes
-
     path = resolve_yaml(path, "finetune")
-    conf = OmegaConf.merge(load_with_includes(path), OmegaConf.from_dotlist(list(overrides or [])))
-    task = build(TaskConfig, OmegaConf.to_container(conf, resolve=True), source=str(path))
+    task = load_config(TaskConfig, path, overrides)
     task.source = str(path)
     return task

@@ -10,6 +10,7 @@ from pathlib import Path
 from bertforge.finetune.config import TaskConfig
 from bertforge.finetune.suite import format_table, load_suite, run_suite
 from bertforge.train.config import TrainConfig
+from bertforge.train.run import train
 
 
 def load_downstream(targets: list[str]) -> list[TaskConfig]:
@@ -21,8 +22,6 @@ def train_with_downstream(config: TrainConfig) -> Path:
     """Train ``config`` (train.run.train: it raises StoppedBySignal or TrainingDiverged when the run stops early),
     then, on rank 0, fine-tune its export on the ``downstream:`` tasks and print their table. The tasks are loaded
     first, so a task that cannot load fails before any training."""
-    from bertforge.train.run import train
-
     tasks = load_downstream(config.downstream)
     folder = train(config)
     print(f"run finished; checkpoints and metrics in {folder}", flush=True)

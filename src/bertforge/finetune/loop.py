@@ -15,12 +15,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bertforge.checkpoint.read import load_checkpoint_model
 from bertforge.errors import DataError
+from bertforge.export.folder import export_model
 from bertforge.finetune import say
 from bertforge.finetune.config import TaskConfig
 from bertforge.finetune.metrics import predictions, score
 from bertforge.finetune.tasks import Examples, load_examples, task_tokenizer
 from bertforge.model import ClassifierConfig, ModernBertForSequenceClassification
+from bertforge.train.optim import build_optimizer
 
 
 def initial_model(start: str | Path, head: ClassifierConfig) -> ModernBertForSequenceClassification:
@@ -29,11 +32,9 @@ def initial_model(start: str | Path, head: ClassifierConfig) -> ModernBertForSeq
     path = Path(start)
     if (path / "config.json").is_file():
         return ModernBertForSequenceClassification.from_pretrained(path, head)
-    from bertforge.model.hf_io import classifier_from_state
-    from bertforge.train.export import load_checkpoint_model
 
     mlm = load_checkpoint_model(path)
-    return classifier_from_state(mlm.config, head, mlm.state_dict(), source=str(path))
+    return ModernBertForSequenceClassification.from_state(mlm.config, head, mlm.state_dict(), source=str(path))
 
 
 def packed_batches(examples: Examples, order: list[int], size: int, device) -> Iterator[dict]:
@@ -55,7 +56,7 @@ def linear_schedule(warmup: int, total: int) -> Callable[[int], float]:
 
 
 @torch.no_grad()
-def evaluate(model, examples: Examples, task: TaskConfig, autocast) -> dict[str, float]:
+def task_scores(model, examples: Examples, task: TaskConfig, autocast) -> dict[str, float]:
     model.eval()
     device = next(model.parameters()).device
     logits = []
@@ -73,9 +74,6 @@ def train_seed(task: TaskConfig, start: str | Path, seed: int, out: Path, *, tok
                on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Fine-tune ``start`` on ``task`` with ``seed``; saves the best epoch's model in ``out/model`` and returns its
     scores. ``on_epoch`` gets each epoch's record (W&B)."""
-    from bertforge.train.export import export_model
-    from bertforge.train.optim import build_optimizer
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = task.train.precision == "amp_bf16" or (task.train.precision == "auto" and device.type == "cuda")
 
@@ -122,7 +120,7 @@ def train_seed(task: TaskConfig, start: str | Path, seed: int, out: Path, *, tok
                 log(f"  {task.name} seed {seed}: step {done}/{total}, loss {np.mean(losses[-20:]):.4f}, "
                     f"{rate:,.0f} examples/s, ETA {(total - done) * settings.batch_size / rate:,.0f} s")
         train_seconds = time.perf_counter() - started
-        scores = {split: evaluate(model, examples, task, autocast) for split, examples in evals.items()}
+        scores = {split: task_scores(model, examples, task, autocast) for split, examples in evals.items()}
         main = scores[task.data.eval_splits[0]][task.main_metric]
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "scores": scores})
         if on_epoch:

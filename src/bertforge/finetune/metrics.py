@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import pearsonr, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 
 def predictions(logits: np.ndarray, problem_type: str) -> np.ndarray:
@@ -16,9 +18,6 @@ def predictions(logits: np.ndarray, problem_type: str) -> np.ndarray:
 
 def score(metric: str, predicted: np.ndarray, labels: np.ndarray) -> float:
     """One metric of ``predicted`` against ``labels``, in [0, 1] (correlations in [-1, 1])."""
-    from scipy.stats import pearsonr, spearmanr
-    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
-
     if metric == "pearson":
         return float(pearsonr(predicted, labels)[0])
     if metric == "spearman":

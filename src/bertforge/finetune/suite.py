@@ -9,6 +9,7 @@ command: finished seeds are skipped, an interrupted one starts again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -16,10 +17,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bertforge.atomic import write_text_atomic
+from bertforge.errors import ConfigError
 from bertforge.finetune import say
 from bertforge.finetune.config import TaskConfig, load_task
 from bertforge.paths import YAMLS_DIR
-from bertforge.schema import ConfigError
 
 
 def task_files(target: str | Path) -> list[Path]:
@@ -59,7 +60,7 @@ def fingerprint(task: TaskConfig, start: str) -> str:
 def run_suite(tasks: list[TaskConfig], model: str | Path, out: str | Path, *, tokenizer: str | None = None,
               log: Callable[[str], None] = say) -> dict:
     """Run every seed of every task not yet done in ``out``; returns (and writes) the results table."""
-    from bertforge.finetune.loop import train_seed
+    from bertforge.finetune.loop import train_seed  # noqa: PLC0415 (torch-free: load_suite serves plan and preflight)
 
     out = Path(out)
     names = {t.name for t in tasks}
@@ -91,14 +92,12 @@ def run_suite(tasks: list[TaskConfig], model: str | Path, out: str | Path, *, to
 
 def _wandb_run(task: TaskConfig, seed: int, folder: Path):
     """A W&B run per task and seed when the task enables it, logging each epoch's loss and scores."""
-    import contextlib
-
     if not task.wandb.enabled:
         return contextlib.nullcontext(None)
 
     @contextlib.contextmanager
     def run():
-        import wandb
+        import wandb  # noqa: PLC0415 (only when W&B is on)
 
         folder.mkdir(parents=True, exist_ok=True)
         with wandb.init(project=task.wandb.project, entity=task.wandb.entity, group=task.wandb.group or task.name,
@@ -114,7 +113,7 @@ def _wandb_run(task: TaskConfig, seed: int, folder: Path):
 def results_table(tasks: list[TaskConfig], out: Path) -> dict:
     """Mean and standard deviation over seeds, per task, split and metric (in percent), and the average over
     tasks of the main metric (on the first eval split)."""
-    import numpy as np
+    import numpy as np  # noqa: PLC0415 (torch-free: load_suite serves plan and preflight)
 
     rows, mains = [], []
     for task in tasks:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from bertforge.data.tokenizer import load_tokenizer
 from bertforge.errors import DataError
 from bertforge.finetune.config import TaskConfig
 
@@ -29,7 +30,7 @@ class Examples:
 
 def read_rows(task: TaskConfig, split: str):
     """The split as a ``datasets.Dataset``; a missing file, dataset or split is one line naming it."""
-    import datasets
+    import datasets  # noqa: PLC0415 (only for a hub dataset)
 
     data = task.data
     datasets.disable_progress_bars()
@@ -128,8 +129,6 @@ def frame(parts: list[list[int]], budget: int, cls_id: int, sep_id: int) -> list
 def task_tokenizer(model: str | Path, tokenizer: str | None):
     """The fast tokenizer (``tokenizers.Tokenizer``) of ``tokenizer`` (a directory or hub name), else the model
     directory's own."""
-    from bertforge.data.tokenizer import load_tokenizer
-
     source = tokenizer or str(model)
     if not tokenizer and not (Path(model) / "tokenizer.json").is_file():
         raise DataError(f"{model} holds no tokenizer; pass --tokenizer DIR (the tokenizer it was pretrained with)")

@@ -2,9 +2,9 @@
 
 Three backends give the same numbers: FlashAttention-2's varlen kernel (CUDA, when installed), PyTorch's
 FlexAttention with a document and window block mask (compiled on CUDA, no extension; see flex.py), and a pure
-PyTorch SDPA path. The SDPA path regroups sequences of similar length into small padded grids and runs SDPA on each, so its
-memory grows with the longest sequence rather than with the packed row; local layers use a blocked sliding window
-whose cost is linear in sequence length, so 8192-token sequences are cheap on CPU too.
+PyTorch SDPA path. The SDPA path regroups sequences of similar length into small padded grids and runs SDPA on
+each, so its memory grows with the longest sequence rather than with the packed row; local layers use a blocked
+sliding window whose cost is linear in sequence length, so 8192-token sequences are cheap on CPU too.
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ import functools
 import torch
 import torch.nn.functional as F
 
+from bertforge.model.flex import flex_varlen
 from bertforge.model.layout import SequenceLayout
 
 
 @functools.cache
 def _flash_varlen():
     try:
-        from flash_attn import flash_attn_varlen_qkvpacked_func
+        from flash_attn import flash_attn_varlen_qkvpacked_func  # noqa: PLC0415 (optional extra, for the flash backend only)
     except ImportError:
         return None
     return flash_attn_varlen_qkvpacked_func
@@ -49,8 +50,6 @@ def varlen_attention(qkv: torch.Tensor, layout: SequenceLayout, half_window: int
         window = (half_window, half_window) if half_window is not None else (-1, -1)
         return _flash_varlen()(qkv, layout.cu_seqlens, layout.max_seqlen, dropout_p=dropout_p, window_size=window)
     if backend == "flex":
-        from bertforge.model.flex import flex_varlen
-
         return flex_varlen(qkv, layout.block_mask(half_window))
     return _sdpa_varlen(qkv, layout, half_window, dropout_p)
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bertforge.errors import CheckpointError
 from bertforge.model.config import ClassifierConfig, ModernBertConfig
+from bertforge.model.hf_io import load_state_dict_checked, read_pretrained, save_pretrained, stored_classifier
 from bertforge.model.init import init_weights, trunc_normal
 from bertforge.model.layers import PredictionHead
 from bertforge.model.modernbert import ModernBertModel, unpad
@@ -73,15 +76,32 @@ class ModernBertForSequenceClassification(nn.Module):
     def from_pretrained(cls, path, classifier: ClassifierConfig | None = None,
                         **overrides) -> ModernBertForSequenceClassification:
         """A HuggingFace directory: a fine-tuned classifier as saved, or a masked LM with a fresh classifier for
-        ``classifier``'s labels (the encoder and MLM head carry over, the decoder is dropped)."""
-        from bertforge.model.hf_io import load_classifier
+        ``classifier``'s labels (the encoder and MLM head carry over, the decoder is dropped). A fine-tuned
+        classifier's own head is kept when ``classifier`` is None or has its labels."""
+        config, hf, state = read_pretrained(Path(path), **overrides)
+        stored = stored_classifier(hf)
+        if classifier is None and stored is None:
+            raise CheckpointError(f"{path} holds no sequence classifier; name the task's labels to start one")
+        keep_head = stored is not None and (classifier is None or classifier.labels == stored.labels)
+        return cls.from_state(config, stored if keep_head else classifier, state, source=str(path),
+                              keep_classifier=keep_head)
 
-        return load_classifier(path, classifier, **overrides)
+    @classmethod
+    def from_state(cls, config: ModernBertConfig, classifier: ClassifierConfig, state: dict[str, torch.Tensor],
+                   *, source: str, keep_classifier: bool = False) -> ModernBertForSequenceClassification:
+        """A classifier whose encoder and head come from ``state`` (a masked-LM's or a classifier's weights); its
+        classifier comes from ``state`` too when ``keep_classifier``, else starts fresh. The MLM decoder is
+        dropped."""
+        model = cls(config, classifier, init=not keep_classifier)
+        weights = {k: v for k, v in state.items() if k.startswith(("model.", "head."))}
+        own = model.state_dict()
+        weights.update({k: (state if keep_classifier and k in state else own)[k] for k in own
+                        if k.startswith("classifier.")})
+        load_state_dict_checked(model, weights, source=source)
+        return model
 
     def save_pretrained(self, path) -> None:
         """Write a directory ``transformers.AutoModelForSequenceClassification`` loads with equal logits."""
-        from bertforge.model.hf_io import save_pretrained
-
         save_pretrained(self, path)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from bertforge.schema import ConfigError
+from bertforge.errors import ConfigError
+from bertforge.paths import resolve_yaml
+from bertforge.schema import load_config
 
 AttentionBackend = Literal["auto", "flash", "flex", "sdpa"]
 
@@ -129,11 +131,4 @@ class ClassifierConfig:
 
 def load_model_config(name_or_path: str | Path, overrides: list[str] | None = None) -> ModernBertConfig:
     """Read a preset name (tiny, base, large) or a YAML file, with ``key=value`` overrides applied."""
-    from omegaconf import OmegaConf
-
-    from bertforge.paths import resolve_yaml
-    from bertforge.schema import build, load_yaml
-
-    path = resolve_yaml(name_or_path, "models")
-    conf = OmegaConf.merge(load_yaml(path), OmegaConf.from_dotlist(list(overrides or [])))
-    return build(ModernBertConfig, OmegaConf.to_container(conf, resolve=True), source=str(path))
+    return load_config(ModernBertConfig, resolve_yaml(name_or_path, "models"), overrides)

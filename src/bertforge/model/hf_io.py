@@ -1,4 +1,6 @@
-"""Read and write the HuggingFace ModernBERT format (config.json + safetensors).
+"""Read and write the HuggingFace ModernBERT format (config.json + safetensors): configs converted both ways, state
+dicts read, checked against a model and saved. The model classes build themselves from what this module reads
+(``from_pretrained``), so it imports none of them.
 
 Our module names equal transformers', so weights map key for key; the only differences are that the tied
 decoder weight is not stored and layer 0 has no attn_norm. A directory we write loads in
@@ -17,9 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from bertforge.atomic import atomic_path, write_text_atomic
 from bertforge.errors import CheckpointError
-from bertforge.model.classification import ModernBertForSequenceClassification
 from bertforge.model.config import ClassifierConfig, ModernBertConfig
-from bertforge.model.modernbert import ModernBertForMaskedLM
 
 TIED_KEY = "decoder.weight"
 
@@ -165,13 +165,11 @@ def read_hf_config(path: Path) -> dict[str, Any]:
     return hf
 
 
-def load_pretrained(path: str | Path, **overrides: Any) -> ModernBertForMaskedLM:
-    path = Path(path)
+def read_pretrained(path: Path, **overrides: Any) -> tuple[ModernBertConfig, dict[str, Any], dict[str, torch.Tensor]]:
+    """A HuggingFace ModernBERT directory's architecture (``overrides`` set fields), its raw config.json and its
+    weights."""
     hf = read_hf_config(path)
-    config = from_hf_config(hf, source=str(path / "config.json"), **overrides)
-    model = ModernBertForMaskedLM(config, init=False)
-    load_state_dict_checked(model, read_state_dict(path), source=str(path))
-    return model
+    return from_hf_config(hf, source=str(path / "config.json"), **overrides), hf, read_state_dict(path)
 
 
 def stored_classifier(hf: dict[str, Any]) -> ClassifierConfig | None:
@@ -183,34 +181,6 @@ def stored_classifier(hf: dict[str, Any]) -> ClassifierConfig | None:
     problem = hf.get("problem_type") or ("regression" if len(labels) == 1 else "single_label_classification")
     return ClassifierConfig(labels=labels, problem_type=problem, pooling=hf.get("classifier_pooling", "cls"),
                             dropout=hf.get("classifier_dropout", 0.0))
-
-
-def load_classifier(path: str | Path, classifier: ClassifierConfig | None = None,
-                    **overrides: Any) -> ModernBertForSequenceClassification:
-    """A HuggingFace ModernBERT directory as a classifier. A fine-tuned classifier's own head is kept when
-    ``classifier`` is None or has its labels; otherwise (a masked-LM directory, or a classifier for other labels)
-    the encoder and the pretrained head carry over and the classifier starts fresh."""
-    path = Path(path)
-    hf = read_hf_config(path)
-    stored = stored_classifier(hf)
-    if classifier is None and stored is None:
-        raise CheckpointError(f"{path} holds no sequence classifier; name the task's labels to start one")
-    config = from_hf_config(hf, source=str(path / "config.json"), **overrides)
-    keep_head = stored is not None and (classifier is None or classifier.labels == stored.labels)
-    return classifier_from_state(config, (stored if keep_head else classifier), read_state_dict(path),
-                                 source=str(path), keep_classifier=keep_head)
-
-
-def classifier_from_state(config: ModernBertConfig, classifier: ClassifierConfig, state: dict[str, torch.Tensor],
-                          *, source: str, keep_classifier: bool = False) -> ModernBertForSequenceClassification:
-    """A classifier whose encoder and head come from ``state`` (a masked-LM's or a classifier's weights); its
-    classifier comes from ``state`` too when ``keep_classifier``, else starts fresh. The MLM decoder is dropped."""
-    model = ModernBertForSequenceClassification(config, classifier, init=not keep_classifier)
-    weights = {k: v for k, v in state.items() if k.startswith(("model.", "head."))}
-    own = model.state_dict()
-    weights.update({k: (state if keep_classifier and k in state else own)[k] for k in own if k.startswith("classifier.")})
-    load_state_dict_checked(model, weights, source=source)
-    return model
 
 
 def save_pretrained(model: torch.nn.Module, path: str | Path) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from bertforge.model.flex import document_block_mask
 from bertforge.model.rope import rotary_cos_sin
 
 # Sequences are grouped for the PyTorch attention path by length, two groups per doubling, so that padding inside
@@ -57,8 +58,6 @@ class SequenceLayout:
     def block_mask(self, half_window: int | None):
         """FlexAttention's block mask for global (None) or local layers, built on first use."""
         if half_window not in self._block_masks:
-            from bertforge.model.flex import document_block_mask
-
             self._block_masks[half_window] = document_block_mask(self.cu_seqlens, half_window)
         return self._block_masks[half_window]
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from bertforge.labels import IGNORE_INDEX
 from bertforge.model.config import ModernBertConfig
+from bertforge.model.hf_io import load_state_dict_checked, read_pretrained, save_pretrained
 from bertforge.model.init import init_weights
 from bertforge.model.layers import Embeddings, EncoderLayer, PredictionHead, layer_norm
 from bertforge.model.layout import make_layout
@@ -103,14 +104,13 @@ class ModernBertForMaskedLM(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path, **overrides) -> "ModernBertForMaskedLM":
         """Load a HuggingFace ModernBERT directory (ours or transformers'); overrides set config fields."""
-        from bertforge.model.hf_io import load_pretrained
-
-        return load_pretrained(path, **overrides)
+        config, _, state = read_pretrained(Path(path), **overrides)
+        model = cls(config, init=False)
+        load_state_dict_checked(model, state, source=str(path))
+        return model
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write a directory ``transformers.AutoModelForMaskedLM.from_pretrained`` loads with no key warnings."""
-        from bertforge.model.hf_io import save_pretrained
-
         save_pretrained(self, path)
 
 

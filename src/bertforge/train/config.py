@@ -12,16 +12,19 @@ file, else to ``yamls/``. The run file's own keys, then command-line ``key=value
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
+
+from omegaconf import OmegaConf
 
 from bertforge.data.config import DataConfig
+from bertforge.errors import ConfigError
 from bertforge.eval.config import EvalConfig
 from bertforge.model.config import ModernBertConfig
-from bertforge.paths import YAMLS_DIR
-from bertforge.schema import ConfigError, build, load_yaml
+from bertforge.schema import load_config
 
 _TIME = re.compile(r"^(\d+)(tok|ba|ep|sp)$")
 
@@ -312,48 +315,13 @@ def predecessor_path(after: str, source: Path) -> Path:
     return path
 
 
-def load_with_includes(path: Path, seen: tuple[Path, ...] = ()) -> Any:
-    from omegaconf import OmegaConf
-
-    if path in seen:
-        raise ConfigError(f"{path}: includes itself (via {' -> '.join(map(str, seen))})")
-    conf = load_yaml(path)
-    includes = conf.pop("includes", None) if "includes" in conf else None
-    merged = OmegaConf.create()
-    for key, target in (includes or {}).items():
-        candidates = [path.parent / target, YAMLS_DIR / target]
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            raise ConfigError(f"{path}: includes.{key} names '{target}', found neither "
-                              f"{candidates[0]} nor {candidates[1]}")
-        sub = load_with_includes(found, seen + (path,))
-        merged = OmegaConf.merge(merged, sub if key == "." else OmegaConf.create({key: sub}))
-    return OmegaConf.merge(merged, conf)
-
-
 def load_train_config(path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    from omegaconf import OmegaConf
-
-    from bertforge.data.recipe import register_resolvers
-
-    register_resolvers()
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no config file '{path}'")
-    conf = OmegaConf.merge(load_with_includes(path), OmegaConf.from_dotlist(list(overrides or [])))
-    try:
-        resolved = OmegaConf.to_container(conf, resolve=True)
-    except Exception as err:  # an interpolation naming a missing key
-        raise ConfigError(f"{path}: {err}") from None
-    config = build(TrainConfig, resolved, source=str(path))
+    config = load_config(TrainConfig, path, overrides)
     if config.phase.after:  # made absolute, so the run and `plan` find it from anywhere
         config.phase.after = str(predecessor_path(config.phase.after, path).resolve())
     return config
 
 
 def resolved_yaml(config: TrainConfig) -> str:
-    import dataclasses
-
-    from omegaconf import OmegaConf
-
     return OmegaConf.to_yaml(OmegaConf.create(dataclasses.asdict(config)))

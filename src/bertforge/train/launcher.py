@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from bertforge.schema import ConfigError
+from bertforge.errors import ConfigError
 
 
 def adopt_launcher_environment(env=os.environ) -> None:

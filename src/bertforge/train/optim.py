@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch
+from composer.optim import DecoupledAdamW
+from optimi import StableAdamW
 from torch import nn
 
 from bertforge.train.config import OptimizerConfig
@@ -20,12 +22,9 @@ def build_optimizer(model: nn.Module, config: OptimizerConfig) -> torch.optim.Op
     groups = param_groups(model, config.weight_decay)
     betas = tuple(config.betas)
     if config.name == "stableadamw":
-        from optimi import StableAdamW
-
         # optimi reaches for its Triton kernel whenever Triton imports (it ships with CUDA torch), even for CPU
         # tensors; only a CUDA machine can run it.
         return StableAdamW(groups, lr=config.lr, betas=betas, eps=config.eps, decouple_lr=True,
                            triton=torch.cuda.is_available())
-    from composer.optim import DecoupledAdamW
 
     return DecoupledAdamW(groups, lr=config.lr, betas=betas, eps=config.eps)

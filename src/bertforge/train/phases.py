@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bertforge.schema import ConfigError
+from bertforge.checkpoint.run_folder import open_run_folder
+from bertforge.errors import ConfigError
 from bertforge.train.config import TrainConfig, load_train_config, predecessor_path
-from bertforge.train.run_folder import open_run_folder
 
 
 def load_chain(path: str | Path, overrides: list[str] | None = None) -> list[tuple[Path, TrainConfig]]:

@@ -15,10 +15,11 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bertforge.schema import ConfigError
+from bertforge.atomic import atomic_path
+from bertforge.checkpoint.run_folder import open_run_folder
+from bertforge.errors import ConfigError
 from bertforge.train.config import TrainConfig, parse_time
 from bertforge.train.preflight import preflight
-from bertforge.train.run_folder import open_run_folder
 from bertforge.train.schedules import lr_at
 from bertforge.train.steps import step_rows
 
@@ -149,7 +150,8 @@ def plan_phase(path: Path, config: TrainConfig, ranks: int, tokens_before: int,
         micro_batches_per_step=config.global_batch_size // clock.per_micro,
         checkpoints=_checkpoints(config.checkpoint.interval, steps, total), checkpoint_folder=config.save_folder,
         starts_from=_starting_point(config), tokens_per_s=rate, hours=total / rate / 3600 if rate else None,
-        milestones=milestones, eval_steps=_eval_steps(config, clock, steps, total), eval_interval=config.eval.interval or "")
+        milestones=milestones, eval_steps=_eval_steps(config, clock, steps, total),
+        eval_interval=config.eval.interval or "")
 
 
 def plan_chain(chain: list[tuple[Path, object]], ranks: int, tokens_per_s: float | None = None) -> list[PhasePlan]:
@@ -191,12 +193,11 @@ def plan_json(plans: list[PhasePlan]) -> str:
 
 def draw_plan(chain: list[tuple[Path, object]], plans: list[PhasePlan], path: str | Path, ranks: int) -> None:
     """LR and global batch against the chain's tokens."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 (pyplot after the Agg backend is chosen, and only when a PNG is drawn)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (pyplot after the Agg backend is chosen, and only when a PNG is drawn)
 
-    from bertforge.atomic import atomic_path
 
     fig, (ax_lr, ax_batch) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
     for (_, config), p in zip(chain, plans):

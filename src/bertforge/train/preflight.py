@@ -12,7 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from bertforge.schema import ConfigError
+from bertforge.data.config import stream_location
+from bertforge.data.integrity import check_prepared_stream
+from bertforge.data.provenance import tokenizer_fingerprint
+from bertforge.data.tokenizer import tokenizer_size_and_specials
+from bertforge.errors import ConfigError
+from bertforge.store import RemoteFolder, is_remote
 from bertforge.train.config import TrainConfig
 
 
@@ -60,8 +65,6 @@ def check_batch(config: TrainConfig, world_size: int) -> None:
 
 def check_save_folder(config: TrainConfig) -> None:
     """A save_folder in an object store: its bucket is there and the credentials may use it."""
-    from bertforge.store import RemoteFolder, is_remote
-
     if is_remote(config.save_folder):
         RemoteFolder(config.save_folder).check("save_folder")
 
@@ -77,9 +80,6 @@ def check_lengths(config: TrainConfig) -> None:
 def check_data_paths(config: TrainConfig) -> None:
     """Every stream is a prepared dataset with all its shards whole, made with ``data.tokenizer``; a remote one is
     checked in its store (bucket, credentials, index, shard sizes) before anything trains."""
-    from bertforge.data.integrity import check_prepared_stream
-    from bertforge.data.provenance import tokenizer_fingerprint
-
     fingerprint, largest = None, 0
     for name, stream in config.data.streams.items():
         if stream.remote is None and not (Path(stream.local) / "index.json").is_file():
@@ -90,7 +90,7 @@ def check_data_paths(config: TrainConfig) -> None:
         largest = max([largest, *(sum(s[p]["bytes"] for p in ("raw_data", "zip_data") if s.get(p))
                                   for s in index["shards"])])
     if config.data.cache_limit is not None:
-        from streaming.base.util import bytes_to_int
+        from streaming.base.util import bytes_to_int  # noqa: PLC0415 (torch-free: plan, slurm and preflight import this)
 
         if bytes_to_int(config.data.cache_limit) < 4 * largest:
             raise ConfigError(f"data.cache_limit {config.data.cache_limit} is below four times the largest shard "
@@ -102,9 +102,6 @@ def check_eval_streams(config: TrainConfig) -> None:
     """Every held-out dataset of an ``eval:`` block exists, holds documents, and was made with the tokenizer."""
     if not config.eval.interval:
         return
-    from bertforge.data.config import stream_location
-    from bertforge.data.integrity import check_prepared_stream
-    from bertforge.data.provenance import tokenizer_fingerprint
 
     fingerprint = tokenizer_fingerprint(config.data.tokenizer)
     for name, path in config.eval_streams().items():
@@ -121,8 +118,6 @@ def check_eval_streams(config: TrainConfig) -> None:
 
 def check_tokenizer_fits(config: TrainConfig) -> None:
     """The tokenizer must fit the model and agree on special ids, or training learns garbage; fail up front."""
-    from bertforge.data.tokenizer import tokenizer_size_and_specials
-
     size, ids = tokenizer_size_and_specials(config.data.tokenizer)
     if size > config.model.vocab_size:
         raise ConfigError(f"tokenizer '{config.data.tokenizer}' has {size} tokens but model.vocab_size is "

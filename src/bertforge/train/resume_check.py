@@ -6,9 +6,9 @@ seed) cannot change under them without making a different run that still calls i
 restart the new config is compared with the run's recorded one (``config.yaml``, written by the first start) and
 the recorded identity of each stream's dataset (``streams.json``: a hash of its index.json). A change to any of
 those is refused with the difference and the two ways on; a change that is safe mid-run (the LR and schedule,
-eval, logging, checkpoint cadence, ``max_duration``: it moves the schedule's end as an LR change would) is allowed and appended to ``config_changes.jsonl``,
-which the run's lineage carries into every later checkpoint and W&B; ``config.yaml`` keeps the first start's
-values.
+eval, logging, checkpoint cadence, ``max_duration``: it moves the schedule's end as an LR change would) is allowed
+and appended to ``config_changes.jsonl``, which the run's lineage carries into every later checkpoint and W&B;
+``config.yaml`` keeps the first start's values.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from pathlib import Path
 import yaml
 
 from bertforge.atomic import write_text_atomic
-from bertforge.schema import ConfigError
+from bertforge.checkpoint.run_folder import RunFolder
+from bertforge.errors import ConfigError
 from bertforge.train.config import TrainConfig, resolved_yaml
-from bertforge.train.run_folder import RunFolder
 
 SAFE_CHANGES = ("run_name", "save_folder", "staging_folder", "max_duration", "optimizer.lr", "schedule.", "eval.",
                 "log_interval", "wandb.", "checkpoint.interval", "checkpoint.keep", "checkpoint.load_path",

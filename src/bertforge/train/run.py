@@ -4,39 +4,62 @@
     lock   -> one run per save folder (folder_lock.py); the checkpoint to resume from, verified
     data   -> the packed MLM loader, grouped into optimizer steps
     model  -> ModernBERT, its initial weights, and what it loads (a predecessor phase, a checkpoint)
-    parallelize -> DDP or FSDP2 (train/parallelize.py)
+    parallelize -> DDP or FSDP2 (the units: model/parallelize.py)
     callbacks -> LR from tokens, divergence guard, run state, metrics, stop-on-signal, verified checkpoints
-    trainer -> Composer's Trainer over all of it, writing into the run folder (train/run_folder.py)
+    trainer -> Composer's Trainer over all of it, writing into the run folder (checkpoint/run_folder.py)
     fit, finish -> train, then stop (diverged, or for a requeue) or export
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from bertforge.errors import CheckpointError, StoppedBySignal, TrainingDiverged
+import torch
+from composer import Trainer
+from composer.devices import DeviceCPU, DeviceGPU
+from composer.utils import FSDP2Config, dist, reproducibility
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+from bertforge.checkpoint.research import carry_optimizer_state, optimizer_moments, read_research_checkpoint
+from bertforge.checkpoint.run_folder import CHECKPOINT_FILENAME, LATEST_FILENAME, RunFolder, open_run_folder
+from bertforge.checkpoint.safe_load import check_checkpoint
+from bertforge.data.loader import PackedMLMLoader
+from bertforge.errors import CheckpointError, ConfigError, StoppedBySignal, TrainingDiverged
+from bertforge.export.folder import export_model
 from bertforge.failures import disk_full
 from bertforge.folder_lock import acquire_lock, release_lock
-from bertforge.schema import ConfigError
-from bertforge.train.checkpoint_integrity import check_checkpoint
+from bertforge.model import ModernBertForMaskedLM
+from bertforge.model.hf_io import load_state_dict_checked, read_state_dict
+from bertforge.model.parallelize import checkpoint_layer_activations, mark_fsdp2_units
+from bertforge.model.tiling import tile_state_dict
+from bertforge.train.callbacks.divergence_guard import DivergenceGuard
+from bertforge.train.callbacks.gloo_gradient_average import gloo_gradient_fix
+from bertforge.train.callbacks.metrics_file import MetricsFile
+from bertforge.train.callbacks.mlm_eval import MLMEval
+from bertforge.train.callbacks.run_state import RunState
+from bertforge.train.callbacks.stop_on_signal import StopOnSignal
+from bertforge.train.callbacks.token_lr import TokenScheduler
+from bertforge.train.callbacks.verified_checkpoint_saver import VerifiedCheckpointSaver
+from bertforge.train.composer_model import MLMComposerModel
 from bertforge.train.config import TrainConfig, parse_time
 from bertforge.train.launcher import adopt_launcher_environment, launcher_world_size
+from bertforge.train.optim import build_optimizer
+from bertforge.train.phases import starting_point
 from bertforge.train.preflight import preflight
 from bertforge.train.resume_check import check_restart, record_run
-from bertforge.train.run_folder import CHECKPOINT_FILENAME, LATEST_FILENAME, RunFolder, open_run_folder
+from bertforge.train.steps import StepBatches, dataspec
+from bertforge.train.wandb_logging import build_wandb_logger
 
 T = TypeVar("T")
 
 
 def build_data(config: TrainConfig, world_size: int):
     """The loader and its grouping into steps of the (warming-up) global batch."""
-    from bertforge.data.loader import PackedMLMLoader
-    from bertforge.train.steps import StepBatches
-
     loader = PackedMLMLoader(config.data, micro_batch_rows=config.micro_batch_rows(world_size),
                              vocab_size=config.model.vocab_size)
     return loader, StepBatches(loader, config.global_batch_size, config.batch_warmup, world_size)
@@ -45,8 +68,6 @@ def build_data(config: TrainConfig, world_size: int):
 def build_model(config: TrainConfig):
     """A freshly initialised model, with ``init_from``'s weights when given, and the optimizer moments to start
     from (``init_optimizer``), if any."""
-    from bertforge.model import ModernBertForMaskedLM
-
     model = ModernBertForMaskedLM(config.model)
     moments = load_initial_weights(model, config) if config.init_from else None
     return model, moments
@@ -56,14 +77,8 @@ def load_initial_weights(model, config: TrainConfig):
     """``init_from``: a HuggingFace directory's weights (tiled into the model's shapes when it holds a smaller
     one), or a research-repository Composer checkpoint's (a .pt file). Returns that checkpoint's optimizer moments
     when ``init_optimizer`` asks for them and they fit (else None, saying why)."""
-    from bertforge.model.hf_io import load_state_dict_checked, read_state_dict
-
     source = Path(config.init_from)
     if source.is_file():
-        from composer.utils import dist
-
-        from bertforge.train.research_checkpoint import optimizer_moments, read_research_checkpoint
-
         if config.init_tile:
             raise ConfigError(f"init_tile needs init_from to be a HuggingFace directory, got the file {source}; "
                               f"export it first (`bertforge export {source} DIR --model PRESET`)")
@@ -87,10 +102,6 @@ def load_initial_weights(model, config: TrainConfig):
         return moments
     weights = read_state_dict(source)
     if config.init_tile:
-        import json
-
-        from bertforge.model.tiling import tile_state_dict
-
         small_layers = json.loads((source / "config.json").read_text())["num_hidden_layers"]
         weights = tile_state_dict(weights, small_layers, model.state_dict(), config.model.num_hidden_layers,
                                   source=config.init_from)
@@ -98,23 +109,28 @@ def load_initial_weights(model, config: TrainConfig):
     return None
 
 
+def parallelize(model, config: TrainConfig) -> dict | None:
+    """Prepare ``model`` for ``config.parallelism``; returns Composer's ``parallelism_config`` (None: DDP, which
+    Composer applies by itself when there are several ranks)."""
+    if config.parallelism == "fsdp2":
+        mark_fsdp2_units(model)
+        return {"fsdp": FSDP2Config(state_dict_type=config.checkpoint.state_dict_type,
+                                    activation_checkpointing=config.activation_checkpointing)}
+    if config.activation_checkpointing:
+        checkpoint_layer_activations(model)
+    return None
+
+
 def build_callbacks(config: TrainConfig, folder: RunFolder, loader, steps, lineage: dict, world_size: int,
                     stopper, guard) -> list:
     """In the order they run at each event: the gradient fix before the guard measures gradients, the guard
     before the LR is set (a rollback moves the token clock), the checkpoint saver last."""
-    from bertforge.train.callbacks.metrics_file import MetricsFile
-    from bertforge.train.callbacks.mlm_eval import MLMEval
-    from bertforge.train.callbacks.run_state import RunState
-    from bertforge.train.callbacks.token_lr import TokenScheduler
-    from bertforge.train.callbacks.verified_checkpoint_saver import VerifiedCheckpointSaver
-    from bertforge.train.parallelize import parallelism_callbacks
-
     saver = VerifiedCheckpointSaver(
         folder=str(folder.path), filename=CHECKPOINT_FILENAME, remote_file_name=None,
         latest_filename=LATEST_FILENAME, latest_remote_file_name=None, save_interval=config.checkpoint.interval,
         overwrite=not config.checkpoint.autoresume, num_checkpoints_to_keep=config.checkpoint.keep, guard=guard,
         run_folder=folder)
-    return [*parallelism_callbacks(config, world_size), stopper, guard,
+    return [*gloo_gradient_fix(config.parallelism, world_size), stopper, guard,
             TokenScheduler(config.schedule, config.total_tokens or 0, config.optimizer.lr,
                            lr_scale=lambda: guard.lr_scale),
             RunState(loader, steps, config, lineage),
@@ -127,14 +143,6 @@ def build_callbacks(config: TrainConfig, folder: RunFolder, loader, steps, linea
 
 def build_trainer(config: TrainConfig, folder: RunFolder, model, steps, callbacks: list, parallelism, start,
                   device, micro_rows: int):
-    from composer import Trainer
-    from composer.utils import dist
-
-    from bertforge.train.composer_model import MLMComposerModel
-    from bertforge.train.optim import build_optimizer
-    from bertforge.train.steps import dataspec
-    from bertforge.train.wandb_logging import build_wandb_logger
-
     loggers = [build_wandb_logger(config, folder, dist.get_global_rank() == 0, start.lineage)] \
         if config.wandb.enabled else []
     precision = config.precision if config.precision != "auto" else ("amp_bf16" if device.name == "gpu" else "fp32")
@@ -164,8 +172,6 @@ def _reached(max_duration: str, timestamp) -> bool:
 def _on_rank_zero(work: Callable[[], T]) -> T:
     """Run ``work`` on rank 0 alone (it touches the shared save folder) and give every rank its result, or its
     error, so that all ranks go on or stop together."""
-    from composer.utils import dist
-
     box: list = [None]
     if dist.get_global_rank() == 0:
         try:
@@ -182,8 +188,6 @@ def _on_rank_zero(work: Callable[[], T]) -> T:
 def _checked_starting_point(config: TrainConfig, folder: RunFolder):
     """Where the run starts (its own newest verified checkpoint, a predecessor's, ``load_path``, or fresh), with
     the checkpoint checked to hold nothing that could run code when Composer unpickles it."""
-    from bertforge.train.phases import starting_point
-
     if config.checkpoint.autoresume:
         folder.pull()  # a save_folder in an object store: its newest complete checkpoint, into the staging folder
     resume = folder.resume_point() if config.checkpoint.autoresume else None
@@ -202,14 +206,10 @@ def _checked_starting_point(config: TrainConfig, folder: RunFolder):
 def train(config: TrainConfig) -> Path:
     """Run ``config`` to its end; returns the save folder. Raises StoppedBySignal when a signal stopped it (with a
     checkpoint to resume from) and TrainingDiverged when its divergence guard did."""
-    import torch
-
     adopt_launcher_environment()
     world = launcher_world_size()
     preflight(config, world, device="gpu" if torch.cuda.is_available() else "cpu")
 
-    from composer.devices import DeviceCPU, DeviceGPU
-    from composer.utils import dist, reproducibility
 
     device = DeviceGPU() if torch.cuda.is_available() else DeviceCPU()
     dist.initialize_dist(device)
@@ -224,12 +224,6 @@ def train(config: TrainConfig) -> Path:
 
 
 def _run(config: TrainConfig, folder: RunFolder, world: int, device) -> Path:
-    from composer.utils import dist
-
-    from bertforge.train.callbacks.divergence_guard import DivergenceGuard
-    from bertforge.train.callbacks.stop_on_signal import StopOnSignal
-    from bertforge.train.parallelize import parallelize
-
     start = _on_rank_zero(lambda: _checked_starting_point(config, folder))
     loader, steps = build_data(config, world)
     model, moments = build_model(config)
@@ -239,8 +233,6 @@ def _run(config: TrainConfig, folder: RunFolder, world: int, device) -> Path:
     trainer = build_trainer(config, folder, model, steps, callbacks, parallelism, start, device,
                             config.micro_batch_rows(world))
     if moments is not None and start.load_path is None:  # a restart has the optimizer in its own checkpoint
-        from bertforge.train.research_checkpoint import carry_optimizer_state
-
         carry_optimizer_state(trainer.state.model, trainer.state.optimizers[0], "model", moments)
     state = trainer.state
     if _reached(config.max_duration, state.timestamp):
@@ -276,16 +268,7 @@ def _run(config: TrainConfig, folder: RunFolder, world: int, device) -> Path:
 def export_final_model(config: TrainConfig, model) -> None:
     """``export_dir``: the trained model written once, by rank 0. Under FSDP2 every rank first takes part in
     gathering the full weights (each holds a shard), which rank 0 loads into a plain model to export."""
-    from composer.utils import dist
-
-    from bertforge.train.export import export_model
-
     if config.parallelism == "fsdp2":
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        from bertforge.model import ModernBertForMaskedLM
-        from bertforge.model.hf_io import load_state_dict_checked
-
         weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if dist.get_global_rank() == 0:
             model = ModernBertForMaskedLM(config.model, init=False)

@@ -66,7 +66,7 @@ class StepBatches:
 def dataspec(steps: StepBatches):
     """Composer's DataSpec: durations in 'tok' count real tokens; micro-batches are weighed by their masked tokens
     (accumulate_train_batch_on_tokens), which across micro-batches and ranks makes the loss the global mean."""
-    from composer import DataSpec
+    from composer import DataSpec  # noqa: PLC0415 (torch-free: plan imports step_rows)
 
     return DataSpec(steps, get_num_samples_in_batch=lambda b: b["num_slots"] // steps.max_seq_len,
                     get_num_tokens_in_batch=lambda b: {"total": b["num_tokens"], "loss_generating": b["num_masked"]},

@@ -6,9 +6,11 @@ import dataclasses
 import os
 import secrets
 
+from composer.loggers import WandBLogger
+
 from bertforge.atomic import write_text_atomic
+from bertforge.checkpoint.run_folder import RunFolder
 from bertforge.train.config import TrainConfig, WandbConfig
-from bertforge.train.run_folder import RunFolder
 
 
 def run_id(config: WandbConfig, folder: RunFolder) -> str:
@@ -28,8 +30,6 @@ def build_wandb_logger(train_config: TrainConfig, folder: RunFolder, rank_zero: 
     the run's W&B id, and the resolved config plus the phase lineage as the run config. (Composer's autoresume,
     which would ask W&B for checkpoints over the network, is not used: see RunFolder.resume_point.)
     """
-    from composer.loggers import WandBLogger
-
     config: WandbConfig = train_config.wandb
     init_kwargs = {}
     if rank_zero:

@@ -26,10 +26,11 @@ import torch
 from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
+from composer.utils.checkpoint import load_checkpoint
 
-from bertforge.train.checkpoint_integrity import check_checkpoint
+from bertforge.checkpoint.run_folder import RunFolder
+from bertforge.checkpoint.safe_load import check_checkpoint
 from bertforge.train.config import StabilityConfig
-from bertforge.train.run_folder import RunFolder
 
 
 class DivergenceGuard(Callback):
@@ -139,7 +140,6 @@ class DivergenceGuard(Callback):
         """Roll back before this step (and before its LR is set, which depends on the restored token clock)."""
         if self._rollback_before is None:
             return
-        from composer.utils.checkpoint import load_checkpoint
 
         before, self._rollback_before = self._rollback_before, None
         found = [self._rollback_target(before) if dist.get_global_rank() == 0 else None]

@@ -11,9 +11,10 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
 
+from bertforge.atomic import atomic_path
+from bertforge.checkpoint.run_folder import RunFolder
 from bertforge.model.config import ModernBertConfig
 from bertforge.model.flops import device_peak_flops, flops_per_token
-from bertforge.train.run_folder import RunFolder
 
 
 class MetricsFile(Callback):
@@ -58,7 +59,8 @@ class MetricsFile(Callback):
         flops = flops_per_token(self.model_config, mean_doc, self.mask_rate) * tokens_per_s
         acc = state.train_metric_values.get("MaskedAccuracy")
         record = {
-            "batch": batch_index, "tokens": tokens, "global_batch_rows": int(state.timestamp.sample) - self._rows_before,
+            "batch": batch_index, "tokens": tokens,
+            "global_batch_rows": int(state.timestamp.sample) - self._rows_before,
             "loss": state.total_loss_dict["loss/train/total"],
             "masked_accuracy": float(acc) if acc is not None else None,
             "lr": state.optimizers[0].param_groups[0]["lr"], "grad_norm": grad_norm,
@@ -90,12 +92,11 @@ class MetricsFile(Callback):
 
 
 def plot_curves(metrics: Path, out: Path) -> None:
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 (pyplot after the Agg backend is chosen, and only when a PNG is drawn)
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (pyplot after the Agg backend is chosen, and only when a PNG is drawn)
 
-    from bertforge.atomic import atomic_path
 
     records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     rows = [row for row in records if "event" not in row and row["loss"] is not None]

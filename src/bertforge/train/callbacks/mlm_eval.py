@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 
 from composer.core import Callback, State
+from composer.core.precision import get_precision_context
 from composer.loggers import Logger
 from composer.utils import dist
 
+from bertforge.checkpoint.run_folder import RunFolder
+from bertforge.eval.mlm import load_eval_set, mlm_metrics
 from bertforge.train.config import TrainConfig, parse_time
-from bertforge.train.run_folder import RunFolder
 
 
 class MLMEval(Callback):
@@ -27,8 +29,6 @@ class MLMEval(Callback):
         self._last_batch = -1
 
     def fit_start(self, state: State, logger: Logger) -> None:
-        from bertforge.eval.mlm import load_eval_set
-
         cfg = self.config
         seq_len = cfg.eval.max_seq_len or cfg.data.max_seq_len
         self.sets = [load_eval_set(name, local, cfg.data.tokenizer, cfg.eval, seq_len, cfg.model.vocab_size,
@@ -52,13 +52,9 @@ class MLMEval(Callback):
             self._evaluate(state, logger)
 
     def _evaluate(self, state: State, logger: Logger) -> None:
-        from composer.core.precision import get_precision_context
-
-        from bertforge.eval.mlm import evaluate
-
         model = getattr(state.model, "module", state.model).model
         device = next(model.parameters()).device
-        result = evaluate(model, self.sets, device, autocast=lambda: get_precision_context(state.precision))
+        result = mlm_metrics(model, self.sets, device, autocast=lambda: get_precision_context(state.precision))
         batch, tokens = int(state.timestamp.batch), int(state.timestamp.token)
         self._last_batch = batch
         metrics = {f"eval/{key}": result[key] for key in ("loss", "accuracy", "perplexity")}

@@ -7,6 +7,8 @@ import dataclasses
 from composer.core import Callback
 from composer.utils import dist
 
+from bertforge.data.provenance import tokenizer_fingerprint
+
 
 class RunState(Callback):
     """Puts the packed loader's state (stream position, packer buffer, masking RNG), the batch-warmup position, the
@@ -14,8 +16,6 @@ class RunState(Callback):
     exactly and any checkpoint exports on its own, with its own tokenizer only."""
 
     def __init__(self, loader, steps, config, lineage: dict):
-        from bertforge.data.provenance import tokenizer_fingerprint
-
         self.loader = loader
         self.steps = steps
         self.config = config

@@ -13,10 +13,10 @@ from composer.core import State
 from composer.loggers import Logger
 from composer.utils import dist
 
+from bertforge.checkpoint.manifest import MANIFEST_SUFFIX, write_manifest
+from bertforge.checkpoint.run_folder import RunFolder
 from bertforge.errors import TrainingDiverged
 from bertforge.train.callbacks.divergence_guard import DivergenceGuard
-from bertforge.train.checkpoint_integrity import MANIFEST_SUFFIX, write_manifest
-from bertforge.train.run_folder import RunFolder
 
 
 def weights_are_finite(model: torch.nn.Module, device) -> bool:
