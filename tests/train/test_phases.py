@@ -301,3 +301,44 @@ def test_shipped_continuation_recipes_resolve_and_plan(name, init_from):
     plan = plan_chain(load_chain(ROOT / f"yamls/continue/{name}.yaml"), ranks=8)[-1]
     assert plan.tokens == config.total_tokens
     assert plan.milestones[-1].lr == pytest.approx(config.optimizer.lr * 0.001)
+
+
+@pytest.mark.parametrize("recipe, tokens, masks, temperatures", [
+    ("ettin-150m", [1_700_000_000_000, 250_000_000_000, 100_000_000_000], [0.3] * 3, [None] * 3),
+    ("ettin-400m", [1_700_000_000_000, 250_000_000_000, 100_000_000_000], [0.3] * 3, [None] * 3),
+    ("mmbert-base", [2_300_000_000_000, 600_000_000_000, 100_000_000_000], [0.3, 0.15, 0.05], [0.7, 0.5, 0.3]),
+])
+def test_newer_encoder_recipes_plan_their_published_phases(recipe, tokens, masks, temperatures):
+    chain = load_chain(ROOT / f"yamls/{recipe}/decay.yaml")
+    plans = plan_chain(chain, ranks=8)
+    assert [p.tokens for p in plans] == tokens
+    assert [p.mask_rate for p in plans] == masks
+    assert [c.data.temperature for _, c in chain] == temperatures
+    assert [p.max_seq_len for p in plans] == [1024, 8192, 8192]
+    if recipe == "mmbert-base":  # languages join by phase: mid-resource in phase 2, low-resource in the decay only
+        assert [sorted(c.data.streams) for _, c in chain] == [
+            ["code", "english", "high_resource"], ["code", "english", "high_resource", "mid_resource"],
+            ["code", "english", "high_resource", "low_resource", "mid_resource"]]
+        assert chain[0][1].model.vocab_size == 256000
+
+
+def test_plan_shows_each_streams_tokens_for_a_temperature_mixture(tmp_path, sample_data):
+    from helpers import run_config
+
+    from bertforge.data.mixture import stream_shares
+    from bertforge.train.plan import format_plan, plan_phase
+
+    path = run_config(tmp_path, sample_data, "mixed")
+    data = yaml.safe_load(path.read_text())
+    data["data"]["temperature"] = 0.5
+    for stream in data["data"]["streams"].values():
+        stream.pop("proportion")
+    path.write_text(yaml.safe_dump(data))
+    config = load_train_config(path)
+    plan = plan_phase(path, config, ranks=1, tokens_before=0, tokens_per_s=None)
+    shares = {s.name: s.token_share for s in stream_shares(config.data)}
+    assert {row["stream"]: row["token_share"] for row in plan.mixture} == shares
+    assert abs(sum(row["tokens"] for row in plan.mixture) - plan.tokens) <= len(shares)
+    text = format_plan([plan])
+    assert "masking 30% of tokens; mixture by temperature 0.5" in text
+    assert all(f"    {name:16} {share:>7.1%}" in text for name, share in shares.items())

@@ -261,9 +261,11 @@ def test_new_phase_starts_from_weights_with_a_fresh_clock(tmp_path, sample_data)
     start = tmp_path / "phase1" / "ep0-ba8-rank0.pt"
     second = run_config(tmp_path, sample_data, "phase2", max_duration="3072tok",
                          checkpoint={"interval": "1ba", "load_path": str(start), "load_weights_only": True})
-    result = _train(second)
+    result = _train(second, "data.mask_rate=0.05")  # mmBERT-style: each phase masks at its own rate
     assert result.returncode == 0, result.stderr[-3000:]
     phase1, phase2 = read_metrics(tmp_path / "phase1"), read_metrics(tmp_path / "phase2")
+    assert all(abs(row["masked_share"] - 0.3) < 0.03 for row in phase1.values())
+    assert all(abs(row["masked_share"] - 0.05) < 0.02 for row in phase2.values())
     assert phase2[1]["tokens"] == 1024  # the token clock starts again
     assert phase2[1]["loss"] < phase1[1]["loss"] - 0.5  # it starts from trained weights, not a fresh init
     # Three steps after loading (warmup starts at LR 0), the weights moved from phase 1's by small updates only.

@@ -23,7 +23,7 @@ class StreamConfig:
     """The prepared dataset in an object store (s3://bucket/prefix/SOURCE, as `bertforge prep` wrote it), streamed
     into ``local``; None reads ``local`` in place."""
     proportion: float | None = None
-    """Share of the mixture; give it for every stream or for none."""
+    """Share of the mixture's samples; give it for every stream or for none (or give ``data.temperature``)."""
     repeat: float | None = None
     """Up- or down-sample this stream by this factor instead of a proportion."""
 
@@ -40,6 +40,11 @@ class DataConfig:
     """HuggingFace tokenizer name or directory; must be the one the shards were prepared with."""
     streams: dict[str, StreamConfig] = field(default_factory=dict)
     """Named sources of the mixture."""
+    temperature: float | None = None
+    """Mix the streams by sampling temperature instead of proportions: each stream's share of the tokens is
+    proportional to n^(1/T), n its token count (from its stats.json). 1 mixes by size, lower values flatten the
+    mixture towards equal shares (mmBERT anneals 0.7 -> 0.5 -> 0.3 over its phases). None: the streams'
+    ``proportion`` (or, without it, their sizes)."""
     max_seq_len: int = 1024
     """Token slots per packed row."""
     micro_batch_size: int = 0
@@ -86,6 +91,13 @@ class DataConfig:
         if with_proportion and len(with_proportion) != len(self.streams):
             missing = sorted(set(self.streams) - set(with_proportion))
             raise ConfigError(f"give 'proportion' for every stream or for none; missing for: {', '.join(missing)}")
+        if self.temperature is not None:
+            if self.temperature <= 0:
+                raise ConfigError(f"'temperature' must be above 0 (1 mixes by size), got {self.temperature}")
+            weighted = sorted(name for name, s in self.streams.items() if s.proportion is not None or s.repeat)
+            if weighted:
+                raise ConfigError(f"give 'temperature' or the streams' 'proportion'/'repeat', not both; remove them "
+                                  f"from: {', '.join(weighted)}")
         if not 0.0 < self.mask_rate < 1.0:
             raise ConfigError(f"'mask_rate' must be in (0, 1), got {self.mask_rate}")
         if self.micro_batch_size < 0:

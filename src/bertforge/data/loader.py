@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from bertforge.data.config import DataConfig, StreamConfig, stream_cache
 from bertforge.data.integrity import check_prepared_stream, index_hash
+from bertforge.data.mixture import temperature_proportions
 from bertforge.data.masking import mask_tokens, random_token_pool
 from bertforge.data.packing import BestFitPacker, PackedRows
 from bertforge.data.provenance import tokenizer_fingerprint
@@ -99,7 +100,7 @@ def _writable(folder: str) -> bool:
         return False
 
 
-def _stream(name: str, stream: StreamConfig, config: DataConfig, fingerprint: str):
+def _stream(name: str, stream: StreamConfig, config: DataConfig, fingerprint: str, proportion: float | None = None):
     """A streaming ``Stream`` for one configured stream, checked (``check_prepared_stream``, with the
     fingerprint of ``config.tokenizer``) before anything is read.
 
@@ -112,7 +113,8 @@ def _stream(name: str, stream: StreamConfig, config: DataConfig, fingerprint: st
     validate = index_hash(check_prepared_stream(name, local, config.tokenizer, fingerprint, remote=remote))
     if remote is None and (config.cache_dir or not _writable(local)):
         remote, local = local, stream_cache(local, config.cache_dir)
-    return Stream(local=local, remote=remote, proportion=stream.proportion, repeat=stream.repeat,
+    return Stream(local=local, remote=remote, proportion=stream.proportion if proportion is None else proportion,
+                  repeat=stream.repeat,
                   validate_hash=validate, download_retry=config.download_retry,
                   download_timeout=config.download_timeout)
 
@@ -167,7 +169,9 @@ class PackedMLMLoader:
         # Ranks that read separate shares of the stream; with pack_across_ranks all read all of it.
         self.readers = 1 if config.pack_across_ranks else self.world_size
         fingerprint = tokenizer_fingerprint(config.tokenizer)
-        streams = [_stream(name, stream, config, fingerprint) for name, stream in config.streams.items()]
+        proportions = temperature_proportions(config)  # {} unless the mixture is by temperature
+        streams = [_stream(name, stream, config, fingerprint, proportions.get(name))
+                   for name, stream in config.streams.items()]
         nodes = max(1, self.world_size // int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size)))
         if config.pack_across_ranks:
             nodes = 1

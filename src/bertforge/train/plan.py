@@ -17,7 +17,8 @@ from pathlib import Path
 
 from bertforge.atomic import atomic_path
 from bertforge.checkpoint.run_folder import open_run_folder
-from bertforge.errors import ConfigError
+from bertforge.data.mixture import stream_shares
+from bertforge.errors import ConfigError, DataError
 from bertforge.train.config import TrainConfig, parse_time
 from bertforge.train.preflight import preflight
 from bertforge.train.schedules import lr_at
@@ -55,6 +56,11 @@ class PhasePlan:
     eval_steps: list[int] = field(default_factory=list)
     """Steps after which the held-out eval runs (0: before the first), empty without an eval block."""
     eval_interval: str = ""
+    mask_rate: float = 0.0
+    mixture: list[dict] = field(default_factory=list)
+    """Per stream: its share of the phase's tokens, those tokens, and how many passes over its data they are;
+    empty when the streams are not prepared yet (``mixture_note`` says why)."""
+    mixture_note: str = ""
 
 
 def _tokens(config) -> int:
@@ -151,7 +157,27 @@ def plan_phase(path: Path, config: TrainConfig, ranks: int, tokens_before: int,
         checkpoints=_checkpoints(config.checkpoint.interval, steps, total), checkpoint_folder=config.save_folder,
         starts_from=_starting_point(config), tokens_per_s=rate, hours=total / rate / 3600 if rate else None,
         milestones=milestones, eval_steps=_eval_steps(config, clock, steps, total),
-        eval_interval=config.eval.interval or "")
+        eval_interval=config.eval.interval or "", mask_rate=config.data.mask_rate,
+        **_mixture(config, total))
+
+
+def _mixture(config: TrainConfig, total: int) -> dict:
+    """The phase's tokens per stream, from the prepared streams' stats.json; a plan made before the data is
+    prepared says how the mixture is given instead."""
+    data = config.data
+    how = (f"by temperature {data.temperature:g}" if data.temperature is not None else
+           "by proportion (of samples)" if any(s.proportion is not None for s in data.streams.values()) else
+           "by size")
+    try:
+        shares = stream_shares(data)
+    except (DataError, ConfigError, OSError):  # not prepared yet: a plan often comes first
+        given = ", ".join(f"{name} {s.proportion:g}" for name, s in data.streams.items() if s.proportion is not None)
+        return {"mixture": [], "mixture_note": f"{how}{': ' + given if given else ''} (tokens per stream once the "
+                                               f"streams are prepared)"}
+    rows = [{"stream": s.name, "token_share": s.token_share, "tokens": round(s.token_share * total),
+             "sample_proportion": s.sample_proportion, "dataset_tokens": s.tokens,
+             "epochs": s.token_share * total / s.tokens} for s in shares]
+    return {"mixture": rows, "mixture_note": how}
 
 
 def plan_chain(chain: list[tuple[Path, object]], ranks: int, tokens_per_s: float | None = None) -> list[PhasePlan]:
@@ -173,7 +199,12 @@ def format_plan(plans: list[PhasePlan]) -> str:
                   f"{hours}",
                   f"  starts from {p.starts_from}; {p.checkpoints} checkpoints in {p.checkpoint_folder}",
                   f"  held-out evals: {_eval_summary(p)}",
-                  f"  {'milestone':18} {'tokens':>18} {'step':>10} {'LR':>10} {'batch':>6}"]
+                  f"  masking {p.mask_rate:.0%} of tokens; mixture {p.mixture_note}"]
+        if p.mixture:
+            lines.append(f"    {'stream':16} {'share':>7} {'tokens':>18} {'passes over its data':>21}")
+            lines += [f"    {m['stream']:16} {m['token_share']:>7.1%} {m['tokens']:>18,} {m['epochs']:>21.2f}"
+                      for m in p.mixture]
+        lines.append(f"  {'milestone':18} {'tokens':>18} {'step':>10} {'LR':>10} {'batch':>6}")
         lines += [f"  {m.name:18} {m.tokens:>18,} {m.step:>10,} {m.lr:>10.3e} {m.global_batch_rows:>6}"
                   for m in p.milestones]
     return "\n".join(lines)

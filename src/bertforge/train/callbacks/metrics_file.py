@@ -30,7 +30,7 @@ class MetricsFile(Callback):
         self.interval = interval
         self.total_tokens = total_tokens
         self._start = self._window_start = 0.0
-        self._real = self._slots = self._docs = self._rows_before = 0
+        self._real = self._slots = self._docs = self._masked = self._rows_before = 0
 
     def fit_start(self, state: State, logger: Logger) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,6 +42,7 @@ class MetricsFile(Callback):
         self._rows_before = int(state.timestamp.sample)
         self._slots += int(batch["num_slots"])
         self._docs += int(batch["num_docs"])
+        self._masked += int(batch["num_masked"])
 
     def batch_end(self, state: State, logger: Logger) -> None:
         batch_index = int(state.timestamp.batch)
@@ -66,9 +67,10 @@ class MetricsFile(Callback):
             "lr": state.optimizers[0].param_groups[0]["lr"], "grad_norm": grad_norm,
             "tokens_per_s_per_device": tokens_per_s, "tokens_per_s": tokens_per_s * world,
             "mfu": flops / self.peak_flops if self.peak_flops else None,
-            "packing_efficiency": self._real / max(self._slots, 1), "time": time.time() - self._start,
+            "packing_efficiency": self._real / max(self._slots, 1),
+            "masked_share": self._masked / max(self._real, 1), "time": time.time() - self._start,
         }
-        self._real = self._slots = self._docs = 0
+        self._real = self._slots = self._docs = self._masked = 0
         nonfinite = [key for key, value in record.items() if isinstance(value, float) and not math.isfinite(value)]
         record.update({key: None for key in nonfinite}, **({"nonfinite": nonfinite} if nonfinite else {}))
         logger.log_metrics({f"throughput/{k}": v for k, v in record.items()
