@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 import yaml
-from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from bertforge.errors import ConfigError
 from bertforge.paths import YAMLS_DIR
@@ -33,6 +31,9 @@ T = TypeVar("T")
 def load_config(cls: type[T], path: str | Path, overrides: list[str] | None = None) -> T:
     """Dataclass ``cls`` from the YAML file ``path`` with its ``includes`` merged under it and ``key=value``
     overrides over it; ``${stdlib:}`` and ``${package_dir:NAME}`` resolve to where this Python keeps text."""
+    from omegaconf import OmegaConf  # noqa: PLC0415 (the GPU machine runs the model without OmegaConf)
+    from omegaconf.errors import OmegaConfBaseException  # noqa: PLC0415 (the GPU machine runs the model without OmegaConf)
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no config file '{path}'")
@@ -57,6 +58,8 @@ def _package_dir(name: str) -> str:
 
 def _register_resolvers() -> None:
     """${stdlib:} and ${package_dir:NAME} let recipes point at text every Python install has."""
+    from omegaconf import OmegaConf  # noqa: PLC0415 (the GPU machine runs the model without OmegaConf)
+
     if not OmegaConf.has_resolver("stdlib"):
         OmegaConf.register_resolver("stdlib", lambda: sysconfig.get_paths()["stdlib"])
         OmegaConf.register_resolver("package_dir", _package_dir)
@@ -65,6 +68,8 @@ def _register_resolvers() -> None:
 def _load_with_includes(path: Path, seen: tuple[Path, ...] = ()) -> Any:
     """The file's mapping over its ``includes`` (``key: file`` puts a file's mapping under ``key``; ``.`` at the
     top), each found beside the file or under yamls/."""
+    from omegaconf import OmegaConf  # noqa: PLC0415 (the GPU machine runs the model without OmegaConf)
+
     if path in seen:
         raise ConfigError(f"{path}: includes itself (via {' -> '.join(map(str, seen))})")
     conf = load_yaml(path)
@@ -83,6 +88,8 @@ def _load_with_includes(path: Path, seen: tuple[Path, ...] = ()) -> Any:
 
 def load_yaml(path: Path):
     """``OmegaConf.load``, with a YAML syntax error reported as one line naming the file, line and column."""
+    from omegaconf import OmegaConf  # noqa: PLC0415 (the GPU machine runs the model without OmegaConf)
+
     try:
         return OmegaConf.load(path)
     except yaml.YAMLError as err:

@@ -259,8 +259,8 @@ def _run(config: TrainConfig, folder: RunFolder, world: int, device) -> Path:
         trainer.close()
         raise StoppedBySignal(f"stopped by {stopper.received.name} after batch {stopper.stopped_at_batch}, with a "
                               f"checkpoint in {folder.location}; the same command resumes the run")
-    if config.export_dir:
-        export_final_model(config, state.model.model)
+    if config.export_dir:  # under DDP Composer's model sits inside DistributedDataParallel (.module)
+        export_final_model(config, getattr(state.model, "module", state.model).model)
     trainer.close()
     return folder.path
 
