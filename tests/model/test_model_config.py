@@ -72,7 +72,7 @@ def test_unknown_attention_backend_lists_choices():
 
 
 def test_missing_preset_lists_the_presets():
-    with pytest.raises(FileNotFoundError, match="presets: base, large, tiny"):
+    with pytest.raises(FileNotFoundError, match="presets: base, large, mmbert-base, tiny"):
         load_model_config("medium")
 
 
