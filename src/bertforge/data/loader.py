@@ -100,9 +100,10 @@ def _writable(folder: str) -> bool:
         return False
 
 
-def _stream(name: str, stream: StreamConfig, config: DataConfig, fingerprint: str, proportion: float | None = None):
-    """A streaming ``Stream`` for one configured stream, checked (``check_prepared_stream``, with the
-    fingerprint of ``config.tokenizer``) before anything is read.
+def _checked_location(name: str, stream: StreamConfig, config: DataConfig, fingerprint: str) -> dict:
+    """Where streaming reads one configured stream (``local``, ``remote``, ``validate_hash``), after the stream is
+    checked (``check_prepared_stream``, with the fingerprint of ``config.tokenizer``); a remote stream's index.json
+    and stats.json are then in ``stream.local``.
 
     A prepared dataset is read in place, its shards unpacked next to them, unless ``data.cache_dir`` is set or its
     folder is read-only: then the dataset is the stream's "remote" and the shards are copied and unpacked into the
@@ -113,16 +114,22 @@ def _stream(name: str, stream: StreamConfig, config: DataConfig, fingerprint: st
     validate = index_hash(check_prepared_stream(name, local, config.tokenizer, fingerprint, remote=remote))
     if remote is None and (config.cache_dir or not _writable(local)):
         remote, local = local, stream_cache(local, config.cache_dir)
-    return Stream(local=local, remote=remote, proportion=stream.proportion if proportion is None else proportion,
-                  repeat=stream.repeat,
-                  validate_hash=validate, download_retry=config.download_retry,
+    return {"local": local, "remote": remote, "validate_hash": validate}
+
+
+def _stream(location: dict, stream: StreamConfig, config: DataConfig, proportion: float | None = None):
+    """A streaming ``Stream`` at a checked location; ``proportion`` overrides the stream's own (a temperature
+    mixture's)."""
+    return Stream(**location, proportion=stream.proportion if proportion is None else proportion,
+                  repeat=stream.repeat, download_retry=config.download_retry,
                   download_timeout=config.download_timeout)
 
 
 def open_stream_dataset(name: str, config: DataConfig):
     """One prepared stream as a StreamingDataset in its own order, for reading by index (an eval set), with the
     same checks and read-only handling as training streams."""
-    stream = _stream(name, config.streams[name], config, tokenizer_fingerprint(config.tokenizer))
+    stream = config.streams[name]
+    stream = _stream(_checked_location(name, stream, config, tokenizer_fingerprint(config.tokenizer)), stream, config)
     return _checked_dataset_class()(streams=[stream], shuffle=False, batch_size=1, replication=None)
 
 
@@ -169,8 +176,10 @@ class PackedMLMLoader:
         # Ranks that read separate shares of the stream; with pack_across_ranks all read all of it.
         self.readers = 1 if config.pack_across_ranks else self.world_size
         fingerprint = tokenizer_fingerprint(config.tokenizer)
-        proportions = temperature_proportions(config)  # {} unless the mixture is by temperature
-        streams = [_stream(name, stream, config, fingerprint, proportions.get(name))
+        locations = {name: _checked_location(name, stream, config, fingerprint)
+                     for name, stream in config.streams.items()}
+        proportions = temperature_proportions(config)  # {} unless by temperature; reads the checked stats.json
+        streams = [_stream(locations[name], stream, config, proportions.get(name))
                    for name, stream in config.streams.items()]
         nodes = max(1, self.world_size // int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size)))
         if config.pack_across_ranks:

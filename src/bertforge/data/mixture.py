@@ -15,7 +15,6 @@ from pathlib import Path
 
 from bertforge.data.config import DataConfig, StreamConfig
 from bertforge.errors import DataError
-from bertforge.store import RemoteFolder
 
 
 @dataclass
@@ -31,19 +30,17 @@ class StreamShare:
 
 
 def stream_stats(name: str, stream: StreamConfig) -> dict:
-    """A prepared stream's stats.json (in its folder, or in the object store for a remote stream)."""
-    if stream.remote is not None:
-        text = RemoteFolder(stream.remote).read_text("stats.json")
-        where = f"{stream.remote}/stats.json"
-    else:
-        path = Path(stream.local) / "stats.json"
-        text, where = (path.read_text() if path.is_file() else None), str(path)
-    if text is None:
-        raise DataError(f"data.streams.{name}: {where} is missing; the mixture is computed from the token counts "
-                        f"`bertforge prep` records there, so prepare this source (again)")
-    stats = json.loads(text)
+    """A prepared stream's stats.json, read from ``stream.local``: the dataset itself, or, for a stream in an
+    object store, the cache its stats.json is fetched into when the loader checks the stream. Never reads the store
+    (`bertforge plan` stays offline)."""
+    path = Path(stream.local) / "stats.json"
+    if not path.is_file():
+        fetched = f" (fetched from {stream.remote} when a run checks its streams)" if stream.remote else ""
+        raise DataError(f"data.streams.{name}: {path} is missing{fetched}; the mixture is computed from the token "
+                        f"counts `bertforge prep` records there, so prepare this source (again)")
+    stats = json.loads(path.read_text())
     if not stats.get("tokens") or not stats.get("samples"):
-        raise DataError(f"data.streams.{name}: {where} records no tokens; prepare it from inputs that have text, "
+        raise DataError(f"data.streams.{name}: {path} records no tokens; prepare it from inputs that have text, "
                         f"or leave the stream out")
     return stats
 
