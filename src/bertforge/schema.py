@@ -31,6 +31,12 @@ T = TypeVar("T")
 def load_config(cls: type[T], path: str | Path, overrides: list[str] | None = None) -> T:
     """Dataclass ``cls`` from the YAML file ``path`` with its ``includes`` merged under it and ``key=value``
     overrides over it; ``${stdlib:}`` and ``${package_dir:NAME}`` resolve to where this Python keeps text."""
+    return build(cls, load_mapping(path, overrides), source=str(path))
+
+
+def load_mapping(path: str | Path, overrides: list[str] | None = None) -> Any:
+    """The values ``load_config`` builds from, for a caller that picks the dataclass by one of them (a task's
+    ``kind``)."""
     from omegaconf import OmegaConf  # noqa: PLC0415 (the GPU machine runs the model without OmegaConf)
     from omegaconf.errors import OmegaConfBaseException  # noqa: PLC0415 (the GPU machine runs the model without OmegaConf)
 
@@ -46,7 +52,7 @@ def load_config(cls: type[T], path: str | Path, overrides: list[str] | None = No
     except yaml.YAMLError as err:  # the file itself was read by load_yaml: this is an override
         raise ConfigError(f"{path}: an override is not valid YAML ({getattr(err, 'problem', err)}); fix the file or "
                           f"the override") from None
-    return build(cls, resolved, source=str(path))
+    return resolved
 
 
 def _package_dir(name: str) -> str:

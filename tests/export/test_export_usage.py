@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_config
 
 BERTFORGE = str(Path(sys.executable).with_name("bertforge"))
 TEXTS = ["def add(a, b):\n    return a + b", "The integral of a sum is the sum of the integrals.",
@@ -19,13 +18,9 @@ TEXTS = ["def add(a, b):\n    return a + b", "The integral of a sum is the sum o
 
 
 @pytest.fixture(scope="module")
-def export(tmp_path_factory, sample_data) -> Path:
+def export(short_run) -> Path:
     """The HuggingFace directory a real `bertforge train` run exports at its end (rows of 256 tokens)."""
-    tmp = tmp_path_factory.mktemp("usage")
-    config = run_config(tmp, sample_data, "usage", export_dir=str(tmp / "hf"))
-    result = subprocess.run([BERTFORGE, "train", str(config)], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return tmp / "hf"
+    return short_run / "hf"
 
 
 def our_hidden(export: Path, batch: dict) -> torch.Tensor:

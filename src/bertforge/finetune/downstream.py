@@ -7,15 +7,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bertforge.finetune.config import TaskConfig
-from bertforge.finetune.suite import format_table, load_suite, run_suite
+from bertforge.finetune.config import RetrievalTaskConfig, TaskConfig
+from bertforge.finetune.suite import check_tasks, format_table, load_suite, run_suite
 from bertforge.train.config import TrainConfig
 from bertforge.train.run import train
 
 
-def load_downstream(targets: list[str]) -> list[TaskConfig]:
-    """The tasks of a run's ``downstream:`` list (task YAMLs or suites such as ``glue``)."""
-    return [task for target in targets for task in load_suite(target)]
+def load_downstream(targets: list[str]) -> list[TaskConfig | RetrievalTaskConfig]:
+    """The tasks of a run's ``downstream:`` list (task YAMLs or suites such as ``glue``), checked as far as can be
+    before the run trains (a retrieval task's BEIR files)."""
+    tasks = [task for target in targets for task in load_suite(target)]
+    check_tasks(tasks)
+    return tasks
 
 
 def train_with_downstream(config: TrainConfig) -> Path:

@@ -19,7 +19,8 @@ from pathlib import Path
 from bertforge.atomic import write_text_atomic
 from bertforge.errors import ConfigError
 from bertforge.finetune import say
-from bertforge.finetune.config import TaskConfig, load_task
+from bertforge.finetune.beir import check_retrieval_task
+from bertforge.finetune.config import RetrievalTaskConfig, TaskConfig, load_task
 from bertforge.paths import YAMLS_DIR
 
 
@@ -36,7 +37,7 @@ def task_files(target: str | Path) -> list[Path]:
 
 
 def load_suite(target: str | Path, overrides: list[str] | None = None, only: list[str] | None = None,
-               seeds: int | None = None) -> list[TaskConfig]:
+               seeds: int | None = None) -> list[TaskConfig | RetrievalTaskConfig]:
     """The tasks of ``target`` (those named in ``only``), ``seeds`` each, in an order where every task comes after
     the one it starts from."""
     tasks = [load_task(f, overrides) for f in task_files(target)]
@@ -51,23 +52,19 @@ def load_suite(target: str | Path, overrides: list[str] | None = None, only: lis
     return sorted(tasks, key=lambda t: (t.start_from is not None, t.name))
 
 
-def fingerprint(task: TaskConfig, start: str) -> str:
+def fingerprint(task: TaskConfig | RetrievalTaskConfig, start: str) -> str:
     """What a seed's result depends on: the task's settings (W&B aside) and the starting model."""
     settings = dataclasses.asdict(task) | {"wandb": None, "source": None, "start": str(Path(start).resolve())}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def run_suite(tasks: list[TaskConfig], model: str | Path, out: str | Path, *, tokenizer: str | None = None,
-              log: Callable[[str], None] = say) -> dict:
+def run_suite(tasks: list[TaskConfig | RetrievalTaskConfig], model: str | Path, out: str | Path, *,
+              tokenizer: str | None = None, log: Callable[[str], None] = say) -> dict:
     """Run every seed of every task not yet done in ``out``; returns (and writes) the results table."""
     from bertforge.finetune.loop import train_seed  # noqa: PLC0415 (torch-free: load_suite serves plan and preflight)
 
     out = Path(out)
-    names = {t.name for t in tasks}
-    for task in tasks:  # before any training: a start_from that cannot be found
-        if task.start_from and task.start_from not in names and not (out / task.start_from).is_dir():
-            raise ConfigError(f"{task.source}: start_from '{task.start_from}' is neither among the tasks run nor "
-                              f"in {out}; add it to --tasks or run it first")
+    check_tasks(tasks, out)
     for task in tasks:
         for seed in range(task.train.seed, task.train.seed + task.train.seeds):
             start = out / task.start_from / f"seed{seed}" / "model" if task.start_from else Path(model)
@@ -82,7 +79,13 @@ def run_suite(tasks: list[TaskConfig], model: str | Path, out: str | Path, *, to
                                   f"another --out, or delete {folder} to redo it")
             log(f"{task.name} seed {seed}: fine-tuning {start}")
             with _wandb_run(task, seed, folder) as on_epoch:
-                result = train_seed(task, start, seed, folder, tokenizer=tokenizer, log=log, on_epoch=on_epoch)
+                if task.kind == "retrieval":
+                    from bertforge.finetune.retrieval import train_retriever  # noqa: PLC0415 (sentence-transformers loads slowly)
+
+                    result = train_retriever(task, start, seed, folder, tokenizer=tokenizer, log=log,
+                                             on_epoch=on_epoch)
+                else:
+                    result = train_seed(task, start, seed, folder, tokenizer=tokenizer, log=log, on_epoch=on_epoch)
             write_text_atomic(done, json.dumps(result | {"fingerprint": key}, indent=1) + "\n")
     table = results_table(tasks, out)
     write_text_atomic(out / "results.json", json.dumps(table, indent=1) + "\n")
@@ -90,7 +93,21 @@ def run_suite(tasks: list[TaskConfig], model: str | Path, out: str | Path, *, to
     return table
 
 
-def _wandb_run(task: TaskConfig, seed: int, folder: Path):
+def check_tasks(tasks: list[TaskConfig | RetrievalTaskConfig], out: Path | None = None) -> None:
+    """What can be checked of the tasks before any training: a ``start_from`` that cannot be found (in ``out``, the
+    suite's folder; None for a run's ``downstream:``, checked before it pretrains), a retrieval task's libraries
+    and BEIR files (and, for a suite, every row of its qrels)."""
+    names = {t.name for t in tasks}
+    for task in tasks:
+        if task.start_from and task.start_from not in names and not (out and (out / task.start_from).is_dir()):
+            where = f"among the tasks run nor in {out}" if out else "among the run's downstream tasks"
+            raise ConfigError(f"{task.source}: start_from '{task.start_from}' is neither {where}; add it to the tasks "
+                              f"or run it first")
+        if task.kind == "retrieval":
+            check_retrieval_task(task, rows=out is not None)
+
+
+def _wandb_run(task: TaskConfig | RetrievalTaskConfig, seed: int, folder: Path):
     """A W&B run per task and seed when the task enables it, logging each epoch's loss and scores."""
     if not task.wandb.enabled:
         return contextlib.nullcontext(None)
@@ -104,13 +121,14 @@ def _wandb_run(task: TaskConfig, seed: int, folder: Path):
                         name=f"{task.name}-seed{seed}", tags=task.wandb.tags, dir=str(folder),
                         config=dataclasses.asdict(task) | {"seed": seed}) as wandb_run:
             yield lambda record: wandb_run.log(
-                {"epoch": record["epoch"], "train/loss": record["train_loss"],
+                {"epoch": record["epoch"], **({"train/loss": record["train_loss"]} if record["train_loss"] is not None
+                                              else {}),
                  **{f"{split}/{m}": v for split, scores in record["scores"].items() for m, v in scores.items()}})
 
     return run()
 
 
-def results_table(tasks: list[TaskConfig], out: Path) -> dict:
+def results_table(tasks: list[TaskConfig | RetrievalTaskConfig], out: Path) -> dict:
     """Mean and standard deviation over seeds, per task, split and metric (in percent), and the average over
     tasks of the main metric (on the first eval split)."""
     import numpy as np  # noqa: PLC0415 (torch-free: load_suite serves plan and preflight)
