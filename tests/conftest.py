@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
-import yaml
+from helpers import small_sample_recipe
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "offline")
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def small_sample_recipe(out: Path, tokenizer: Path, max_seq_len: int = 1024, files: int = 60) -> Path:
-    """The shipped sample recipe with each file-based input cut to its first ``files`` files."""
-    recipe = yaml.safe_load((ROOT / "data_prep/sample.yaml").read_text())
-    recipe.update(tokenizer=str(tokenizer), out_dir=str(out / "mds"), max_seq_len=max_seq_len, files_per_unit=20)
-    recipe.pop("holdout", None)  # the tests that need a held-out split ask for one
-    for source in recipe["sources"]:
-        for inp in source["inputs"]:
-            if inp["format"] in ("files", "docstrings"):
-                inp["max_files"] = files
-    path = out / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Small builders shared by tests: random HF reference models, padded batches, free ports, offline W&B runs."""
+"""Small builders shared by tests: the sample corpus slice's recipe, random HF reference models, padded batches,
+free ports, offline W&B runs."""
 
 from __future__ import annotations
 
@@ -10,6 +11,20 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_sample_recipe(out: Path, tokenizer: Path, max_seq_len: int = 1024, files: int = 60) -> Path:
+    """The shipped sample recipe with each file-based input cut to its first ``files`` files."""
+    recipe = yaml.safe_load((ROOT / "data_prep/sample.yaml").read_text())
+    recipe.update(tokenizer=str(tokenizer), out_dir=str(out / "mds"), max_seq_len=max_seq_len, files_per_unit=20)
+    recipe.pop("holdout", None)  # the tests that need a held-out split ask for one
+    for source in recipe["sources"]:
+        for inp in source["inputs"]:
+            if inp["format"] in ("files", "docstrings"):
+                inp["max_files"] = files
+    path = out / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
 
 
 def hf_reference_model(every: int = 3, heads: int = 4, vocab: int = 1001, hidden: int = 64, layers: int = 4,

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import small_sample_recipe
-from helpers import free_port, read_metrics, run_config, train_ranks
+from helpers import free_port, read_metrics, run_config, small_sample_recipe, train_ranks
 
 BERTFORGE = str(Path(sys.executable).with_name("bertforge"))
 STORE = "s3://bertforge"

@@ -174,7 +174,7 @@ def test_a_truncated_gzip_input_is_skipped_counted_and_named(tmp_path, sample_da
 
 
 def test_a_killed_prep_worker_fails_the_prep_naming_the_unit(tmp_path, sample_data):
-    from conftest import small_sample_recipe
+    from helpers import small_sample_recipe
 
     recipe = small_sample_recipe(tmp_path, Path(sample_data["tokenizer"]), files=60)
     out = tmp_path / "killed"

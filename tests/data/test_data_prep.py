@@ -139,7 +139,7 @@ def test_unknown_format_names_the_choices(tmp_path, sample_data):
 
 
 def test_prep_is_deterministic_whatever_the_workers(tmp_path, sample_data):
-    from conftest import small_sample_recipe
+    from helpers import small_sample_recipe
 
     outputs = []
     for workers in (1, 2):
@@ -155,7 +155,7 @@ def test_prep_is_deterministic_whatever_the_workers(tmp_path, sample_data):
 
 @pytest.mark.command("prep")
 def test_killed_prep_resumes_to_the_same_bytes(tmp_path, sample_data):
-    from conftest import small_sample_recipe
+    from helpers import small_sample_recipe
 
     clean = tmp_path / "clean"
     clean.mkdir()

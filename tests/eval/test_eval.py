@@ -24,7 +24,7 @@ def _fresh_shared_memory():
 
 
 def test_holdout_split_is_disjoint_and_deterministic_whatever_the_workers(tmp_path, sample_data):
-    from conftest import small_sample_recipe
+    from helpers import small_sample_recipe
 
     trees = []
     for workers in (1, 2):
@@ -80,7 +80,7 @@ EVAL = {"interval": "4ba", "max_tokens": 3000}
 @pytest.fixture(scope="module")
 def held_data(tmp_path_factory, sample_data) -> dict:
     """The sample slice prepared again with a 10% held-out split."""
-    from conftest import small_sample_recipe
+    from helpers import small_sample_recipe
 
     out = tmp_path_factory.mktemp("held")
     recipe = load_recipe(small_sample_recipe(out, Path(sample_data["tokenizer"]), files=40),
