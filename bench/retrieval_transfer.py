@@ -18,10 +18,11 @@ import json
 from pathlib import Path
 
 
-def zero_shot(task, model_dir: str, split) -> dict[str, float]:
+def zero_shot(task, model_dir: str, split, staging: Path) -> dict[str, float]:
+    """The untrained retriever's scores; a checkpoint is exported into ``staging`` first (never into its folder)."""
     from bertforge.finetune.retrieval import build_retriever, evaluator, hf_start, split_scores
 
-    model = build_retriever(task, hf_start(model_dir, None, Path(model_dir) / "unused"), "cpu")
+    model = build_retriever(task, hf_start(model_dir, None, staging), "cpu")
     return split_scores(evaluator(task, "test", split)(model), task, model)["test"]
 
 
@@ -65,8 +66,8 @@ def main() -> None:
     for name, model_dir in (m.split("=", 1) for m in args.models):
         table = run_suite([task], model_dir, out / name)
         fine = {r["metric"]: (r["mean"] / 100, r["std"] / 100) for r in table["rows"]}
-        rows.append({"model": name, "dir": model_dir, "zero_shot": zero_shot(task, model_dir, split),
-                     "fine_tuned": fine})
+        untrained = zero_shot(task, model_dir, split, out / name / "start")
+        rows.append({"model": name, "dir": model_dir, "zero_shot": untrained, "fine_tuned": fine})
     lines = [f"Task {task.name}: {len(split.queries)} test queries, {len(split.corpus)} documents; fine-tuned "
              f"{task.train.epochs} epochs, LR {task.train.lr}, batch {task.train.batch_size}, "
              f"{task.train.seeds} seed(s) (mean ± std). nDCG@10 / MRR@10 / recall@100 in percent.", "",

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from bertforge.errors import ConfigError, DataError
 from bertforge.finetune.config import RetrievalTaskConfig
+from bertforge.finetune.files import read_table
 
 BEIR_FILES = ("corpus.jsonl", "queries.jsonl")
 
@@ -136,13 +137,7 @@ def training_rows(task: RetrievalTaskConfig):
         where = f"{task.source}: data.hf_dataset {data.hf_dataset!r}"
     elif data.train_file:
         path = task.path(data.train_file)
-        kinds = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
-        if not path.is_file() or path.suffix.lower() not in kinds:
-            raise DataError(f"{task.source}: data.train_file is {path}, which is not a .jsonl, .json, .csv, .tsv or "
-                            f".parquet file")
-        options = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-        rows = datasets.load_dataset(kinds[path.suffix.lower()], data_files={"train": str(path)}, split="train",
-                                     **options)
+        rows = read_table(path, "train", f"{task.source}: data.train_file")
         where = f"{task.source}: data.train_file {path}"
     else:
         split = read_beir(task.path(data.beir), data.train_split, task.source)

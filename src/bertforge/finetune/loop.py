@@ -125,7 +125,7 @@ def train_seed(task: TaskConfig, start: str | Path, seed: int, out: Path, *, tok
         history.append({"epoch": epoch, "train_loss": float(np.mean(losses)), "scores": scores})
         if on_epoch:
             on_epoch(history[-1])
-        log(f"  {task.name} seed {seed}: epoch {epoch}: {_format_scores(scores)}")
+        log(f"  {task.name} seed {seed}: epoch {epoch}: {format_scores(scores)}")
         if best is None or main > best[0]:
             best = (main, epoch, {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
     model.load_state_dict(best[2])
@@ -138,6 +138,7 @@ def train_seed(task: TaskConfig, start: str | Path, seed: int, out: Path, *, tok
     return result
 
 
-def _format_scores(scores: dict[str, dict[str, float]]) -> str:
+def format_scores(scores: dict[str, dict[str, float]]) -> str:
+    """``split metric 12.34, ...; split ...``: one epoch's scores on a progress line, in percent."""
     return "; ".join(f"{split} " + ", ".join(f"{m} {100 * v:.2f}" for m, v in metrics.items())
                      for split, metrics in scores.items())

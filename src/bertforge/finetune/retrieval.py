@@ -30,6 +30,7 @@ from bertforge.export.folder import export_model
 from bertforge.finetune import say
 from bertforge.finetune.beir import BeirSplit, read_beir, training_rows
 from bertforge.finetune.config import RetrievalTaskConfig
+from bertforge.finetune.loop import format_scores
 
 
 def hf_start(start: str | Path, tokenizer: str | None, staging: Path) -> Path:
@@ -115,9 +116,7 @@ class _Progress(TrainerCallback):
                   "scores": scores}
         self.losses = []
         self.history.append(record)
-        self.log(f"  {self.task.name} seed {self.seed}: epoch {record['epoch']}: " + "; ".join(
-            f"{split} " + ", ".join(f"{m} {100 * v:.2f}" for m, v in values.items()) for split, values in
-            scores.items()))
+        self.log(f"  {self.task.name} seed {self.seed}: epoch {record['epoch']}: {format_scores(scores)}")
         if self.on_epoch:
             self.on_epoch(record)
 

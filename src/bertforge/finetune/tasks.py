@@ -12,8 +12,7 @@ from pathlib import Path
 from bertforge.data.tokenizer import load_tokenizer
 from bertforge.errors import DataError
 from bertforge.finetune.config import TaskConfig
-
-_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet"}
+from bertforge.finetune.files import read_table
 
 
 @dataclass
@@ -42,16 +41,7 @@ def read_rows(task: TaskConfig, split: str):
                             f"{data.hf_dataset!r} (config {data.hf_config!r}): {str(err).splitlines()[0]}; check "
                             f"the name and your network, or download it and point data.files at local files") \
                 from None
-    path = task.file(split)
-    if not path.is_file():
-        raise DataError(f"{task.source}: data.files.{split} is {path}, which does not exist")
-    kind = _FORMATS.get(path.suffix.lower())
-    if kind is None:
-        raise DataError(f"{task.source}: data.files.{split} is {path}; use .jsonl, .json, .csv, .tsv or .parquet")
-    if path.stat().st_size == 0:
-        raise DataError(f"{task.source}: data.files.{split} is {path}, which is empty; give it the split's rows")
-    options = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
-    return datasets.load_dataset(kind, data_files={split: str(path)}, split=split, **options)
+    return read_table(task.file(split), split, f"{task.source}: data.files.{split}")
 
 
 def _label(task: TaskConfig, value, where: str):
