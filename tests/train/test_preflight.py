@@ -162,6 +162,26 @@ print(sorted(m for m in {HEAVY!r} if m in sys.modules))
     assert "--nodes=2" in (tmp_path / "light" / "slurm" / "light.sbatch").read_text()
 
 
+def test_train_refuses_a_bad_run_before_importing_torch(tmp_path, sample_data):
+    """A config that cannot run is refused by `bertforge train` in about a second, not after torch and Composer
+    have loaded (about 10 s): the preflight runs first; only the device check waits for torch."""
+    config = run_config(tmp_path, sample_data, "light")
+    script = f"""
+import contextlib, io, sys
+from bertforge.cli import main
+with contextlib.redirect_stderr(io.StringIO()) as err:
+    code = main(["train", {str(config)!r}, "data.streams.code.local=/nowhere/code"])
+print(code, sorted(m for m in {HEAVY!r} if m in sys.modules))
+print(err.getvalue().strip().splitlines()[-1])
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    status, message = result.stdout.strip().splitlines()
+    assert status == "2 []"
+    assert "data.streams.code.local '/nowhere/code' holds no prepared dataset" in message
+    assert not (tmp_path / "light").exists()
+
+
 def test_tokenizer_facts_read_without_transformers_match_transformers(sample_data):
     from bertforge.data.tokenizer import load_tokenizer, special_ids, tokenizer_size_and_specials
 

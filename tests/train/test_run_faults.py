@@ -180,6 +180,23 @@ def test_a_folder_of_checkpoints_none_of_which_verifies_is_not_restarted_from_sc
     assert len((folder / "metrics.jsonl").read_text().splitlines()) == 8
 
 
+def test_a_first_save_cut_off_by_a_crash_is_set_aside_and_the_run_starts_afresh(tmp_path, eight_steps):
+    """A kill during the first save leaves one checkpoint without a manifest and the metrics of batches that no
+    checkpoint holds: the restart keeps both aside and trains from batch 1, its record starting there."""
+    folder = tmp_path / "run"
+    shutil.copytree(eight_steps, folder, symlinks=True)
+    for leftover in ("ep0-ba4-rank0.pt", "ep0-ba4-rank0.pt.manifest.json", "ep0-ba8-rank0.pt.manifest.json"):
+        (folder / leftover).unlink()
+    config = folder.parent / "run.yaml"
+    config.write_text((eight_steps.parent / "base.yaml").read_text().replace(str(eight_steps), str(folder)))
+    result = _train(config, f"max_duration={4 * 1024}tok")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "moved ep0-ba8-rank0.pt, the run's first save, cut off before it was sealed" in result.stdout
+    assert (folder / "incomplete" / "ep0-ba8-rank0.pt").is_file()
+    assert len((folder / "incomplete" / "metrics.jsonl").read_text().splitlines()) == 8
+    assert [row["batch"] for row in _json_lines(folder / "metrics.jsonl") if "event" not in row] == [1, 2, 3, 4]
+
+
 class _Payload:
     """What a crafted checkpoint does when unpickled: create a file."""
 

@@ -126,9 +126,16 @@ class RunFolder:
     def resume_point(self) -> Path | None:
         """The checkpoint a restarted run resumes from: the newest that verifies. Checkpoints newer than it (a save
         cut off by a crash, a truncated or corrupted file) are moved into ``incomplete/``, not deleted, so they
-        neither block the new saves nor get lost. Refuses to start afresh over checkpoints none of which verify."""
+        neither block the new saves nor get lost. Starts afresh when the only checkpoint is a first save cut off
+before its manifest; refuses to start afresh over any other checkpoints none of which verify."""
         resume = self.newest_valid_checkpoint()
-        if resume is None and self.checkpoints():
+        listed = self.checkpoints()
+        if resume is None and len(listed) == 1 and not manifest_path(listed[0]).exists():
+            # The saver seals a checkpoint before it rotates older ones out, so a lone unsealed checkpoint is the
+            # run's first save, cut off by a crash: there is nothing to resume, and it is kept aside, not lost.
+            self._set_aside(listed[0], "the run's first save, cut off before it was sealed")
+            return None
+        if resume is None and listed:
             raise CheckpointError(f"save_folder '{self.path}' holds checkpoints but none verifies (see above); "
                                   f"starting afresh would lose them. Move them away to start over, or set "
                                   f"checkpoint.load_path to one you trust")
@@ -142,11 +149,22 @@ class RunFolder:
         for path in listed[: listed.index(checkpoint)] if checkpoint else listed:
             self._set_aside(path, why)
 
-    def _set_aside(self, checkpoint: Path, why: str) -> None:
+    def set_aside_metrics(self) -> None:
+        """Before a fresh start: move a metrics.jsonl left by an earlier attempt (one killed before it sealed a
+        checkpoint, or run with autoresume off) into ``incomplete/``, so the new record starts at its batch 1."""
+        if self.metrics.is_file():
+            target = self.incomplete / self._free_name(self.metrics.name)
+            self.metrics.rename(target)
+            print(f"moved the metrics.jsonl of an earlier start to {target}", flush=True)
+
+    def _free_name(self, name: str) -> str:
+        """``name``, or ``name.N`` where that is taken in ``incomplete/`` (made here)."""
         self.incomplete.mkdir(exist_ok=True)
-        free = next(name for name in (f"{checkpoint.name}.{n}" if n else checkpoint.name for n in range(1000))
-                    if not (self.incomplete / name).exists())
-        suffix = free.removeprefix(checkpoint.name)
+        return next(free for free in (f"{name}.{n}" if n else name for n in range(1000))
+                    if not (self.incomplete / free).exists())
+
+    def _set_aside(self, checkpoint: Path, why: str) -> None:
+        suffix = self._free_name(checkpoint.name).removeprefix(checkpoint.name)
         for item in (checkpoint, manifest_path(checkpoint)):
             if item.exists():
                 item.rename(self.incomplete / f"{item.name}{suffix}")

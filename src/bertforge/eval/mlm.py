@@ -108,7 +108,7 @@ def mlm_metrics(model, sets: list[EvalSet], device: torch.device | str = "cpu", 
                 targets = batch.labels[batch.labels != IGNORE_INDEX].to(device)
                 count = int(out.num_predictions)
                 sums += torch.tensor([float(out.loss) * count, count,
-                                      int((out.logits.argmax(-1) == targets).sum())], dtype=torch.float64)
+                                      int((out.predicted_ids() == targets).sum())], dtype=torch.float64)
             if distributed:
                 reduced = sums.to(device) if torch.distributed.get_backend() == "nccl" else sums
                 torch.distributed.all_reduce(reduced)

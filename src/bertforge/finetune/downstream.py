@@ -10,7 +10,8 @@ from pathlib import Path
 from bertforge.finetune.config import RetrievalTaskConfig, TaskConfig
 from bertforge.finetune.suite import check_tasks, format_table, load_suite, run_suite
 from bertforge.train.config import TrainConfig
-from bertforge.train.run import train
+from bertforge.train.launcher import adopt_launcher_environment, launcher_world_size
+from bertforge.train.preflight import preflight
 
 
 def load_downstream(targets: list[str]) -> list[TaskConfig | RetrievalTaskConfig]:
@@ -26,6 +27,12 @@ def train_with_downstream(config: TrainConfig) -> Path:
     then, on rank 0, fine-tune its export on the ``downstream:`` tasks and print their table. The tasks are loaded
     first, so a task that cannot load fails before any training."""
     tasks = load_downstream(config.downstream)
+    adopt_launcher_environment()
+    preflight(config, launcher_world_size(), device=None)
+    # Imported after the checks: torch and Composer take about 10 s to import, and a config that cannot run is
+    # refused before that (the device check waits for torch, in train).
+    from bertforge.train.run import train  # noqa: PLC0415
+
     folder = train(config)
     print(f"run finished; checkpoints and metrics in {folder}", flush=True)
     if tasks and os.environ.get("RANK", "0") == "0":

@@ -63,6 +63,12 @@ class ModernBertConfig:
     """'flash' (FlashAttention-2 varlen: CUDA, flash-attn installed), 'flex' (PyTorch FlexAttention, compiled on
     CUDA; no attention dropout), 'sdpa' (pure PyTorch, any device), or 'auto': flash where it can run, else flex
     on CUDA, else sdpa."""
+    mlm_loss_chunk: int = 0
+    """Training (packed, with labels) only: 0 computes the decoder and cross-entropy over every predicted position
+    at once, as transformers does; N > 0 fuses them over chunks of N positions (model/mlm_loss.py), so the
+    predictions x vocab logits are never all held at once, and the output carries top predictions, not logits.
+    Same loss and gradients; set it (e.g. 4096) where the logits are a large share of memory (big vocabularies,
+    long or large micro-batches on a GPU)."""
 
     def __post_init__(self) -> None:
         positive = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -80,6 +86,9 @@ class ModernBertConfig:
             raise ConfigError(
                 f"'local_attention' is the full sliding window and must be even (window/2 tokens each side), "
                 f"got {self.local_attention}; use {self.local_attention + 1}")
+        if self.mlm_loss_chunk < 0:
+            raise ConfigError(f"'mlm_loss_chunk' must be 0 (plain loss) or a positive number of positions, got "
+                              f"{self.mlm_loss_chunk}")
         for key in ("embedding_dropout", "attention_dropout", "attention_output_dropout", "mlp_dropout"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ConfigError(f"'{key}' must be in [0, 1), got {getattr(self, key)}")

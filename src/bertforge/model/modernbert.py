@@ -15,17 +15,25 @@ from bertforge.model.hf_io import load_state_dict_checked, read_pretrained, save
 from bertforge.model.init import init_weights
 from bertforge.model.layers import Embeddings, EncoderLayer, PredictionHead, layer_norm
 from bertforge.model.layout import make_layout
+from bertforge.model.mlm_loss import chunked_mlm_loss
 
 
 @dataclass
 class MaskedLMOutput:
     loss: torch.Tensor | None
     """Mean cross-entropy over positions whose label is not -100; None without labels."""
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     """Padded input: (batch, length, vocab), zeros at padding. Packed input: (tokens, vocab), or with labels
     only the (predicted positions, vocab) rows, in stream order (sparse prediction)."""
     num_predictions: int | torch.Tensor | None = None
     """How many positions the loss averages over."""
+    predictions: torch.Tensor | None = None
+    """With ``mlm_loss_chunk`` set (training, packed, with labels): the top prediction of each predicted position,
+    in stream order, and ``logits`` is None."""
+
+    def predicted_ids(self) -> torch.Tensor:
+        """The top prediction of each row of ``logits`` (or the fused loss's own)."""
+        return self.predictions if self.predictions is not None else self.logits.argmax(-1)
 
 
 def unpad(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -82,8 +90,12 @@ class ModernBertForMaskedLM(nn.Module):
             return MaskedLMOutput(loss=None, logits=self.decoder(self.head(hidden)))
         # Sparse prediction: only the ~30% of positions that carry a label pay for the head and the vocab matmul.
         keep = labels != IGNORE_INDEX
-        logits = self.decoder(self.head(hidden[keep]))
         targets = labels[keep]
+        if self.config.mlm_loss_chunk:
+            loss, predictions = chunked_mlm_loss(self.head(hidden[keep]), self.decoder, targets,
+                                                 self.config.mlm_loss_chunk)
+            return MaskedLMOutput(loss=loss, logits=None, num_predictions=targets.numel(), predictions=predictions)
+        logits = self.decoder(self.head(hidden[keep]))
         loss = F.cross_entropy(logits.float(), targets) if targets.numel() else logits.sum() * 0.0
         return MaskedLMOutput(loss=loss, logits=logits, num_predictions=targets.numel())
 

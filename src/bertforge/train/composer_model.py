@@ -18,8 +18,8 @@ class MaskedAccuracy(Metric):
         self.add_state("correct", default=torch.tensor(0), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0), dist_reduce_fx="sum")
 
-    def update(self, logits: torch.Tensor, targets: torch.Tensor) -> None:
-        self.correct += (logits.argmax(-1) == targets).sum()
+    def update(self, predictions: torch.Tensor, targets: torch.Tensor) -> None:
+        self.correct += (predictions == targets).sum()
         self.total += targets.numel()
 
     def compute(self) -> torch.Tensor:
@@ -44,4 +44,4 @@ class MLMComposerModel(ComposerModel):
 
     def update_metric(self, batch: dict, outputs, metric: Metric) -> None:
         labels = batch["labels"]
-        metric.update(outputs.logits.detach(), labels[labels != IGNORE_INDEX])
+        metric.update(outputs.predicted_ids().detach(), labels[labels != IGNORE_INDEX])

@@ -253,8 +253,10 @@ class TrainConfig:
     """ddp (plain data parallel, or one process) or fsdp2 (sharded, through Composer's FSDP2)."""
     activation_checkpointing: bool = False
     """Recompute layer activations in the backward pass (FSDP2) to save memory."""
-    compile: bool = False
-    """torch.compile the model."""
+    compile: bool | None = None
+    """torch.compile the model as the run trains it (Composer's compile_config, so FSDP2, checkpoints and export
+    see the plain module). Empty (default): compiled on CUDA, where the step runs about twice as fast, eager on
+    CPU, where compiling takes longer than a short run saves."""
     seed: int = 17
     """Seed of initialisation, data order and masking."""
     log_interval: int = 1
@@ -268,6 +270,10 @@ class TrainConfig:
     downstream: list[str] = field(default_factory=list)
     """Fine-tuning tasks to score the exported model on when the run ends: task YAMLs or suites (``glue``), as
     ``bertforge finetune`` takes them; needs export_dir. The results table goes to <save_folder>/downstream/."""
+
+    def compiled_on(self, device: str) -> bool:
+        """Whether the model is compiled on ``device`` ('gpu' or 'cpu'): ``compile``, or by default on GPUs only."""
+        return device == "gpu" if self.compile is None else self.compile
 
     def __post_init__(self) -> None:
         if (not self.run_name or self.run_name in (".", "..") or any(c in self.run_name for c in "/\\")

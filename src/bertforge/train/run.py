@@ -50,7 +50,7 @@ from bertforge.train.config import TrainConfig, parse_time
 from bertforge.train.launcher import adopt_launcher_environment, launcher_world_size
 from bertforge.train.optim import build_optimizer
 from bertforge.train.phases import starting_point
-from bertforge.train.preflight import preflight
+from bertforge.train.preflight import check_device
 from bertforge.train.resume_check import check_restart, record_run
 from bertforge.train.steps import StepBatches, dataspec
 from bertforge.train.wandb_logging import build_wandb_logger
@@ -158,7 +158,7 @@ def build_trainer(config: TrainConfig, folder: RunFolder, model, steps, callback
         load_ignore_keys=start.ignore_keys, run_name=config.run_name, seed=config.seed,
         parallelism_config=parallelism, loggers=loggers, callbacks=callbacks, spin_dataloaders=False,
         progress_bar=False, log_to_console=False,
-        compile_config={} if config.compile else None,
+        compile_config={} if config.compiled_on(device.name) else None,
     )
 
 
@@ -193,10 +193,12 @@ def _checked_starting_point(config: TrainConfig, folder: RunFolder):
     resume = folder.resume_point() if config.checkpoint.autoresume else None
     start = starting_point(config, resume)
     if resume is not None:
+        print(f"resuming from {resume}", flush=True)
         changes = check_restart(config, folder, resume)
         if changes:
             start.lineage["config_changes"] = changes
     else:
+        folder.set_aside_metrics()
         record_run(config, folder)
     if start.load_path:
         check_checkpoint(Path(start.load_path))
@@ -205,12 +207,12 @@ def _checked_starting_point(config: TrainConfig, folder: RunFolder):
 
 def train(config: TrainConfig) -> Path:
     """Run ``config`` to its end; returns the save folder. Raises StoppedBySignal when a signal stopped it (with a
-    checkpoint to resume from) and TrainingDiverged when its divergence guard did."""
+    checkpoint to resume from) and TrainingDiverged when its divergence guard did. The config has passed the
+    preflight (finetune.downstream.train_with_downstream runs it before torch is imported); the device, known only
+    now, is checked here."""
     adopt_launcher_environment()
     world = launcher_world_size()
-    preflight(config, world, device="gpu" if torch.cuda.is_available() else "cpu")
-
-
+    check_device(config, "gpu" if torch.cuda.is_available() else "cpu")
     device = DeviceGPU() if torch.cuda.is_available() else DeviceCPU()
     dist.initialize_dist(device)
     reproducibility.seed_all(config.seed)

@@ -12,10 +12,10 @@ from bertforge.train.callbacks.divergence_guard import DivergenceGuard
 from bertforge.train.callbacks.verified_checkpoint_saver import VerifiedCheckpointSaver
 
 
-def _saver(folder: RunFolder, guard: DivergenceGuard) -> VerifiedCheckpointSaver:
+def _saver(folder: RunFolder, guard: DivergenceGuard, keep: int = -1) -> VerifiedCheckpointSaver:
     return VerifiedCheckpointSaver(folder=str(folder.path), filename=CHECKPOINT_FILENAME, remote_file_name=None,
                                    latest_filename=LATEST_FILENAME, latest_remote_file_name=None,
-                                   save_interval="2ba", overwrite=True, num_checkpoints_to_keep=-1, guard=guard,
+                                   save_interval="2ba", overwrite=True, num_checkpoints_to_keep=keep, guard=guard,
                                    run_folder=folder)
 
 
@@ -50,3 +50,24 @@ def test_non_finite_weights_are_refused_before_anything_is_written(tmp_path, sam
         fit(config, [Recorder(poison, "batch_end"), _saver(folder, DivergenceGuard(config.stability, folder))],
             max_duration="4ba")
     assert folder.checkpoints() == []
+
+
+def test_an_older_checkpoint_is_rotated_out_only_after_the_new_one_is_sealed(tmp_path, sample_data, monkeypatch):
+    """Were the old one deleted first, a crash before the seal would leave a lone unsealed checkpoint, which a
+    restart must take for a cut-off first save."""
+    import bertforge.train.callbacks.verified_checkpoint_saver as saver_module
+
+    folder = RunFolder(tmp_path / "run")
+    present_at_seal = []
+    write_manifest = saver_module.write_manifest
+
+    def seal(checkpoint):  # the real seal, noting which checkpoints are on disk as it is written
+        present_at_seal.append(sorted(p.name for p in folder.checkpoints()))
+        return write_manifest(checkpoint)
+    monkeypatch.setattr(saver_module, "write_manifest", seal)
+    config = train_config(tmp_path, sample_data)
+    fit(config, [_saver(folder, DivergenceGuard(config.stability, folder), keep=1)], max_duration="6ba")
+    assert present_at_seal == [["ep0-ba2-rank0.pt"], ["ep0-ba2-rank0.pt", "ep0-ba4-rank0.pt"],
+                               ["ep0-ba4-rank0.pt", "ep0-ba6-rank0.pt"]]
+    assert [p.name for p in folder.checkpoints()] == ["ep0-ba6-rank0.pt"]
+    assert [p.name for p in folder.path.glob("*.manifest.json")] == ["ep0-ba6-rank0.pt.manifest.json"]

@@ -1,7 +1,11 @@
 """Composer's checkpoint saver, made trustworthy: it does not save after a step the divergence guard rejected (a
 rollback then returns to the checkpoint before the trouble), refuses to save non-finite weights, and seals each
 checkpoint with a checksum manifest once every rank has finished writing it; for a save_folder in an object store
-it then uploads the checkpoint, manifest last, and deletes from the store what it rotates out."""
+it then uploads the checkpoint, manifest last, and deletes from the store what it rotates out.
+
+Older checkpoints are rotated out only after the new one is sealed, so a crash at any moment leaves at most one
+unsealed checkpoint, the newest, and a sealed one before it unless that unsealed one is the run's first save
+(RunFolder.resume_point relies on this)."""
 
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ class VerifiedCheckpointSaver(CheckpointSaver):
         super().__init__(*args, **kwargs)
         self.guard = guard
         self.run_folder = run_folder
+        self._rotation_deferred = False
 
     def _save_checkpoint(self, state: State, logger: Logger) -> None:
         if self.guard.last_step_rejected:
@@ -41,18 +46,28 @@ class VerifiedCheckpointSaver(CheckpointSaver):
             raise TrainingDiverged(f"the weights hold non-finite values at batch {int(state.timestamp.batch)}; "
                                    f"no checkpoint was written over the last good one")
         before = set(self.saved_checkpoints)
-        super()._save_checkpoint(state, logger)
+        self._rotation_deferred = True  # Composer rotates inside its save; here it waits for the seal below
+        try:
+            super()._save_checkpoint(state, logger)
+        finally:
+            self._rotation_deferred = False
         dist.barrier()  # every rank's shard is on disk
         if dist.get_global_rank() == 0:
             for saved in set(self.saved_checkpoints) - before:
                 write_manifest(_checkpoint_root(Path(saved), state))
                 self.run_folder.push_checkpoint(_checkpoint_root(Path(saved), state))
+        dist.barrier()  # sealed: now the checkpoints it supersedes may go
+        if self.num_checkpoints_to_keep >= 0:
+            self._rotate_checkpoints(sharding_enabled=state.fsdp_sharded_state_dict_enabled)
+        if dist.get_global_rank() == 0:
             for manifest in Path(self.folder).glob(f"*{MANIFEST_SUFFIX}"):  # those of rotated-out checkpoints
                 if not manifest.with_name(manifest.name.removesuffix(MANIFEST_SUFFIX)).exists():
                     manifest.unlink()
         dist.barrier()
 
     def _rotate_checkpoints(self, sharding_enabled: bool = False) -> None:
+        if self._rotation_deferred:
+            return
         # A rollback moves the checkpoints it supersedes into incomplete/; they are no longer this saver's to delete.
         self.saved_checkpoints = [path for path in self.saved_checkpoints if Path(path).exists()]
         before = list(self.saved_checkpoints)
