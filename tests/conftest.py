@@ -1,4 +1,5 @@
-"""Session fixtures: a small but real slice of the built-in sample corpus, tokenized and prepared once."""
+"""Session fixtures: a small but real slice of the built-in sample corpus, tokenized and prepared once (per test
+worker); and the grouping that keeps the tests sharing one expensive fixture on one worker."""
 
 from __future__ import annotations
 
@@ -10,6 +11,26 @@ from helpers import small_sample_recipe
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "offline")
 
+
+# The suite runs on pytest-xdist's workers (pyproject: -n auto, --dist loadgroup): a worker builds each session or
+# module fixture it needs once. The fixtures below cost a training run, a Slurm cluster or a pretraining with its
+# fine-tuning each, so every test using one joins that fixture's group, and one worker runs the whole group; a
+# test using none goes to whichever worker is free. The first fixture listed that a test uses names its group.
+SHARED_FIXTURES = {
+    "pretrained": "finetune-run", "source_task": "finetune-run", "code_search": "finetune-run",
+    "short_run": "export-run",
+    "cluster": "slurm-cluster", "whole_job": "slurm-cluster",
+    "remote_data": "s3-data",
+    "finished": "finished-run", "eight_steps": "eight-step-run", "held_data": "held-data",
+    "three_checkpoints": "research-checkpoints", "trained": "bf16-run", "other_tokenizer": "other-tokenizer",
+}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        group = next((SHARED_FIXTURES[name] for name in SHARED_FIXTURES if name in item.fixturenames), None)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

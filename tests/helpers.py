@@ -158,13 +158,32 @@ def kill_when_saved(config: Path, folder: Path, checkpoint: str = "ep0-ba8-rank0
 def read_docs(mds: Path) -> list:
     """Every sample (token array) of a prepared dataset, in its order."""
     from streaming import StreamingDataset
-    from streaming.base.util import clean_stale_shared_memory
 
-    clean_stale_shared_memory()
-    ds = StreamingDataset(local=str(mds), shuffle=False, batch_size=1)
+    from bertforge.data.shm_registration import registration_lock
+
+    with registration_lock():  # as bertforge's own readers: another test worker's run may be registering
+        ds = StreamingDataset(local=str(mds), shuffle=False, batch_size=1)
     docs = [ds[i]["tokens"] for i in range(ds.num_samples)]
     del ds
     return docs
+
+
+def release_shared_memory(under: Path) -> None:
+    """Unlink the shared memory streaming registered for datasets read from folders under ``under`` (this test
+    worker's temporary folder), so a test may read the same folder again with a remote (streaming refuses a local
+    folder some live registration holds). streaming's clean_stale_shared_memory would unlink every run's blocks,
+    those of the runs other test workers have open included."""
+    from streaming.base.shared.prefix import _unpack_locals
+
+    root = str(under.resolve())
+    for record in Path("/dev/shm").glob("*_locals"):
+        try:
+            folders, _ = _unpack_locals(record.read_bytes())
+        except (FileNotFoundError, ValueError, UnicodeDecodeError):
+            continue
+        if any(folder == root or folder.startswith(root + "/") for folder in folders):
+            for block in record.parent.glob(record.name.split("_")[0] + "_*"):
+                block.unlink(missing_ok=True)
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:

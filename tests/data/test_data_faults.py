@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import run_config
+from helpers import release_shared_memory, run_config
 
 from bertforge.data.config import DataConfig, StreamConfig
 from bertforge.data.integrity import SHARD_HASH
@@ -30,10 +30,8 @@ BERTFORGE = str(Path(sys.executable).with_name("bertforge"))
 
 
 @pytest.fixture(autouse=True)
-def _fresh_shared_memory():
-    from streaming.base.util import clean_stale_shared_memory
-
-    clean_stale_shared_memory()
+def _fresh_shared_memory(tmp_path_factory):
+    release_shared_memory(tmp_path_factory.getbasetemp())
     yield
 
 

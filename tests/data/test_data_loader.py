@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import free_port
+from helpers import free_port, release_shared_memory
 
 from bertforge.data.config import DataConfig, StreamConfig
 from bertforge.data.loader import PackedMLMLoader
@@ -24,10 +24,8 @@ from bertforge.errors import ConfigError
 
 
 @pytest.fixture(autouse=True)
-def _fresh_shared_memory():
-    from streaming.base.util import clean_stale_shared_memory
-
-    clean_stale_shared_memory()
+def _fresh_shared_memory(tmp_path_factory):
+    release_shared_memory(tmp_path_factory.getbasetemp())
     yield
 
 

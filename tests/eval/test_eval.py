@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import kill_when_saved, read_docs, run_config, train_ranks, tree_bytes
+from helpers import kill_when_saved, read_docs, release_shared_memory, run_config, train_ranks, tree_bytes
 
 from bertforge.data.prep import held_out, prepare
 from bertforge.data.recipe import load_recipe
@@ -16,10 +16,8 @@ from bertforge.errors import ConfigError
 
 
 @pytest.fixture(autouse=True)
-def _fresh_shared_memory():
-    from streaming.base.util import clean_stale_shared_memory
-
-    clean_stale_shared_memory()
+def _fresh_shared_memory(tmp_path_factory):
+    release_shared_memory(tmp_path_factory.getbasetemp())
     yield
 
 

@@ -27,6 +27,7 @@ from bertforge.data.mixture import temperature_proportions
 from bertforge.data.masking import mask_tokens, random_token_pool
 from bertforge.data.packing import BestFitPacker, PackedRows
 from bertforge.data.provenance import tokenizer_fingerprint
+from bertforge.data.shm_registration import registration_lock
 from bertforge.data.tokenizer import load_tokenizer, special_ids
 from bertforge.errors import ConfigError, DataError
 from bertforge.labels import IGNORE_INDEX
@@ -130,7 +131,8 @@ def open_stream_dataset(name: str, config: DataConfig):
     same checks and read-only handling as training streams."""
     stream = config.streams[name]
     stream = _stream(_checked_location(name, stream, config, tokenizer_fingerprint(config.tokenizer)), stream, config)
-    return _checked_dataset_class()(streams=[stream], shuffle=False, batch_size=1, replication=None)
+    with registration_lock():
+        return _checked_dataset_class()(streams=[stream], shuffle=False, batch_size=1, replication=None)
 
 
 def masking_tokens(tokenizer_name: str, vocab_size: int | None = None) -> tuple[int, np.ndarray, np.ndarray]:
@@ -185,11 +187,12 @@ class PackedMLMLoader:
         if config.pack_across_ranks:
             nodes = 1
         dataset_class = _checked_dataset_class()
-        self.dataset = dataset_class(streams=streams, shuffle=config.shuffle, shuffle_seed=config.seed,
-                                     batch_size=config.doc_batch,
-                                     num_canonical_nodes=config.num_canonical_nodes or 64 * nodes,
-                                     replication=self.world_size if config.pack_across_ranks else None,
-                                     cache_limit=config.cache_limit)
+        with registration_lock():
+            self.dataset = dataset_class(streams=streams, shuffle=config.shuffle, shuffle_seed=config.seed,
+                                         batch_size=config.doc_batch,
+                                         num_canonical_nodes=config.num_canonical_nodes or 64 * nodes,
+                                         replication=self.world_size if config.pack_across_ranks else None,
+                                         cache_limit=config.cache_limit)
         self.packer = BestFitPacker(config.max_seq_len, config.buffer_docs)
         self.rng = np.random.default_rng([config.seed] if config.pack_across_ranks else [config.seed, self.rank])
         self.epoch = 0
