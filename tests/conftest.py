@@ -26,11 +26,23 @@ SHARED_FIXTURES = {
 }
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the test ids
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         group = next((SHARED_FIXTURES[name] for name in SHARED_FIXTURES if name in item.fixturenames), None)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_collection_finish(session) -> None:
+    """A worker whose groups did not reach its test ids would let two workers build one fixture (two Slurm
+    clusters whose jobs take the same rendezvous port, say); refuse to run instead."""
+    if session.config.getvalue("loadgroup"):
+        split = [item.nodeid for item in session.items
+                 if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
+        if split:
+            raise pytest.UsageError(f"pytest-xdist's groups are not in the test ids (e.g. {split[0]}): this pytest "
+                                    f"and pytest-xdist do not work together; install the versions .[test] names")
 
 
 @pytest.fixture(scope="session")
