@@ -37,7 +37,7 @@ def pytest_collection_modifyitems(config, items) -> None:
 def pytest_collection_finish(session) -> None:
     """A worker whose groups did not reach its test ids would let two workers build one fixture (two Slurm
     clusters whose jobs take the same rendezvous port, say); refuse to run instead."""
-    if session.config.getvalue("loadgroup"):
+    if session.config.getoption("loadgroup", default=False):  # set in xdist workers under --dist loadgroup
         split = [item.nodeid for item in session.items
                  if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
         if split:
