@@ -127,7 +127,7 @@ class RunFolder:
         """The checkpoint a restarted run resumes from: the newest that verifies. Checkpoints newer than it (a save
         cut off by a crash, a truncated or corrupted file) are moved into ``incomplete/``, not deleted, so they
         neither block the new saves nor get lost. Starts afresh when the only checkpoint is a first save cut off
-before its manifest; refuses to start afresh over any other checkpoints none of which verify."""
+        before its manifest; refuses to start afresh over any other checkpoints none of which verify."""
         resume = self.newest_valid_checkpoint()
         listed = self.checkpoints()
         if resume is None and len(listed) == 1 and not manifest_path(listed[0]).exists():
