@@ -40,7 +40,7 @@ import yaml
 from model_step import hf_attention_paths, hf_twin, make_step, padded_from_packed
 
 from bertforge.model import ModernBertConfig, ModernBertForMaskedLM
-from bertforge.model.attention import _flash_varlen
+from bertforge.model.attention import flash_varlen
 from bertforge.model.flops import device_peak_flops, flops_per_token
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +93,11 @@ def packed_batch(lengths: list[int], vocab: int, generator: torch.Generator) -> 
     ids = torch.randint(5, vocab, (total,), generator=generator)
     labels = torch.where(torch.rand(total, generator=generator) < MASK_RATE, ids, -100)
     cu = F.pad(torch.cumsum(torch.tensor(lengths), 0), (1, 0)).to(torch.int32)
-    return {"input_ids": ids, "labels": labels, "cu_seqlens": cu, "max_seqlen": max(lengths)}
+    # As the training loader does: the labelled positions padded with -1 to a multiple of 128, so that a compiled
+    # step meets no data-dependent size.
+    kept = (labels != -100).nonzero().squeeze(1)
+    return {"input_ids": ids, "labels": labels, "cu_seqlens": cu, "max_seqlen": max(lengths),
+            "prediction_index": F.pad(kept, (0, -kept.shape[0] % 128), value=-1)}
 
 
 def full_rows(rows: int, seq_len: int, generator: torch.Generator) -> list[int]:
@@ -103,7 +107,7 @@ def full_rows(rows: int, seq_len: int, generator: torch.Generator) -> list[int]:
 
 def our_backends(device: str) -> list[str]:
     backends = ["flex", "sdpa"]
-    if device == "cuda" and _flash_varlen() is not None:
+    if device == "cuda" and flash_varlen is not None:
         backends.insert(0, "flash")
     return backends
 
@@ -146,7 +150,7 @@ def environment(plan: Plan) -> dict:
     import transformers
 
     info = {"torch": torch.__version__, "transformers": transformers.__version__, "device": plan.device,
-            "flash_attn": _flash_varlen() is not None, "python": sys.version.split()[0]}
+            "flash_attn": flash_varlen is not None, "python": sys.version.split()[0]}
     if plan.device == "cuda":
         info.update(gpu=torch.cuda.get_device_name(), capability=".".join(map(str, torch.cuda.get_device_capability())),
                     cuda=torch.version.cuda, peak_bf16_flops=device_peak_flops(None))

@@ -26,6 +26,7 @@ import torch
 from composer.utils import reproducibility
 from train_throughput import run as run_trainer
 
+from bertforge.data.loader import MODEL_INPUTS
 from bertforge.train.config import load_train_config
 from bertforge.train.optim import build_optimizer
 from bertforge.train.run import build_data, build_model
@@ -48,8 +49,8 @@ def bare_loop(config, steps: int, device: torch.device, compiled: bool) -> list[
         loss = 0.0
         for micro in batch["micro_batches"]:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                out = forward(micro["input_ids"].to(device), cu_seqlens=micro["cu_seqlens"].to(device),
-                              max_seqlen=micro["max_seqlen"], labels=micro["labels"].to(device))
+                out = forward(**{key: micro[key].to(device) if isinstance(micro[key], torch.Tensor) else micro[key]
+                                 for key in MODEL_INPUTS})
             weighed = out.loss * (micro["num_masked"] / batch["num_masked"])
             weighed.backward()
             loss += float(weighed)

@@ -6,9 +6,9 @@ import torch.nn.functional as F
 from helpers import tiny_config
 
 from bertforge.model import ModernBertForMaskedLM
-from bertforge.model.attention import _flash_varlen, resolve_backend
+from bertforge.model.attention import flash_varlen, resolve_backend
 
-needs_flash = pytest.mark.skipif(not torch.cuda.is_available() or _flash_varlen() is None,
+needs_flash = pytest.mark.skipif(not torch.cuda.is_available() or flash_varlen is None,
                                  reason="needs a CUDA device and flash-attn (`pip install -e .[gpu]`)")
 
 

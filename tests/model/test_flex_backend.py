@@ -28,7 +28,6 @@ def _cu(lengths, device="cpu"):
 @pytest.mark.parametrize("half_window", [None, 8, 64, 200])
 @pytest.mark.parametrize("lengths", [LENGTHS, [1024], [128, 128, 256], [5] * 60])
 def test_block_tables_match_torch_create_block_mask(lengths, half_window):
-    cu = _cu(lengths)
     doc = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
     pos = torch.arange(doc.shape[0])
 
@@ -38,7 +37,7 @@ def test_block_tables_match_torch_create_block_mask(lengths, half_window):
 
     total = sum(lengths)
     expected = create_block_mask(reference, None, None, total, total, device="cpu")
-    ours = document_block_mask(cu, half_window)
+    ours = document_block_mask(doc, half_window)
 
     def tables(mask):
         partial = torch.zeros(mask.kv_num_blocks.shape[-1], mask.kv_num_blocks.shape[-1], dtype=torch.bool)
@@ -115,10 +114,10 @@ def test_auto_picks_flex_only_on_cuda_without_flash_and_without_attention_dropou
     meta_cuda = torch.empty(4, 3, 2, 8, device="meta")  # is_cuda False: auto stays on sdpa
     assert resolve_backend("auto", meta_cuda) == "sdpa"
     if torch.cuda.is_available():
-        from bertforge.model.attention import _flash_varlen
+        from bertforge.model.attention import flash_varlen
 
         cuda = torch.zeros(4, 3, 2, 8, device="cuda", dtype=torch.bfloat16)
-        assert resolve_backend("auto", cuda) == ("flash" if _flash_varlen() else "flex")
+        assert resolve_backend("auto", cuda) == ("flash" if flash_varlen else "flex")
         assert resolve_backend("auto", cuda, attention_dropout=0.1) in ("flash", "sdpa")
 
 

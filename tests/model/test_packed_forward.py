@@ -50,7 +50,7 @@ def _dense_window_reference(q, k, v, half_window):
 def test_sliding_window_matches_dense_mask_at_8192_tokens():
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 2, 8192, 16) for _ in range(3))
-    ours = sliding_window_attention(q, k, v, torch.tensor([8192]), half_window=64)
+    ours = sliding_window_attention(q, k, v, torch.zeros(1, 8192, dtype=torch.long), half_window=64)
     torch.testing.assert_close(ours, _dense_window_reference(q, k, v, 64), atol=1e-5, rtol=0)
 
 
@@ -58,7 +58,8 @@ def test_sliding_window_respects_lengths_in_a_padded_group():
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 100, 8) for _ in range(3))
     lengths = torch.tensor([100, 61])
-    ours = sliding_window_attention(q, k, v, lengths, half_window=8)
+    docs = torch.where(torch.arange(100)[None, :] < lengths[:, None], 0, -1)
+    ours = sliding_window_attention(q, k, v, docs, half_window=8)
     for i, n in enumerate(lengths.tolist()):
         ref = _dense_window_reference(q[i:i + 1, :, :n], k[i:i + 1, :, :n], v[i:i + 1, :, :n], 8)
         torch.testing.assert_close(ours[i:i + 1, :, :n], ref, atol=1e-5, rtol=0)
@@ -73,7 +74,7 @@ def test_local_layer_sees_only_its_window():
     from bertforge.model.layout import make_layout
 
     x = torch.randn(60, 64)
-    layout = make_layout(torch.tensor([0, 60], dtype=torch.int32), None, model.config.head_dim)
+    layout = make_layout(torch.tensor([0, 60], dtype=torch.int32), 60, model.config.head_dim)
     y = x.clone()
     y[40] += torch.randn(64)  # random, not uniform: LayerNorm would erase a uniform shift
     with torch.no_grad():

@@ -225,6 +225,12 @@ def test_a_compiled_run_trains_like_an_eager_one_and_resumes(tmp_path, sample_da
     assert rows[-4:] == [5, 6, 7, 8]
     assert len(losses["eager"]) == len(losses["compiled"]) == 8
     assert losses["compiled"] == pytest.approx(losses["eager"], abs=1e-4, rel=0)
+    # Composer's compiled forward, fed the loader's micro-batches through the trainer's dynamic-size marks, built
+    # one graph in each process (before and after the restart): no step recompiled. (Batches of widely varying
+    # documents are checked in tests/model/test_compiled_step.py.)
+    graphs = {name: {row["compiled_graphs"] for row in read_metrics(tmp_path / name).values()}
+              for name in ("eager", "compiled")}
+    assert graphs == {"eager": {0}, "compiled": {1}}
 
 
 @pytest.mark.slow

@@ -48,6 +48,29 @@ class PackedBatch:
     """rows x max_seq_len: what a padded batch would have cost."""
     num_masked: int
     """Positions with a label (the MLM loss is averaged over these across the whole step)."""
+    prediction_index: torch.Tensor
+    """(predictions rounded up to a multiple of PREDICTION_BUCKET,) int64 positions that carry a label, in stream
+    order, then -1s. The model gathers these rows itself, so a compiled step finds no data-dependent size (and
+    sizes from one bucket to the next only)."""
+    row_offsets: torch.Tensor
+    """(rows + 1,) int32 offsets of the packed rows in the stream: where a compiled SDPA path attends."""
+    row_len: int
+    """The rows' length (max_seq_len)."""
+
+    def model_inputs(self) -> dict:
+        """The keyword arguments of the model's packed forward."""
+        return {key: getattr(self, key) for key in MODEL_INPUTS}
+
+
+MODEL_INPUTS = ("input_ids", "labels", "cu_seqlens", "prediction_index", "row_offsets", "row_len")
+"""The fields of a PackedBatch that the model's packed forward takes; the others are counts for the trainer.
+(Not ``max_seqlen``: ``row_len`` bounds it, and an integer that changes every batch would recompile a compiled
+forward.)"""
+
+
+PREDICTION_BUCKET = 128
+"""Prediction indices are padded to a multiple of this: the head's and decoder's row count stays a multiple of a
+GPU tile and is never 0 or 1, sizes a compiler would otherwise specialise on."""
 
 
 def _collate_docs(samples: list[dict]) -> list[np.ndarray]:
@@ -146,16 +169,23 @@ def masking_tokens(tokenizer_name: str, vocab_size: int | None = None) -> tuple[
     return ids.mask, np.array(sorted(excluded), dtype=np.int64), pool
 
 
-def packed_batch(lengths: np.ndarray, inputs: np.ndarray, labels: np.ndarray, rows: int,
+def packed_batch(lengths: np.ndarray, inputs: np.ndarray, labels: np.ndarray, docs_per_row: list[int] | np.ndarray,
                  max_seq_len: int) -> PackedBatch:
-    """A micro-batch of documents of ``lengths`` laid end to end in ``inputs``/``labels``."""
+    """A micro-batch of documents of ``lengths`` laid end to end in ``inputs``/``labels``, ``docs_per_row`` of
+    them in each packed row."""
     lengths = lengths.astype(np.int32)
     cu = np.zeros(lengths.shape[0] + 1, dtype=np.int32)
     np.cumsum(lengths, out=cu[1:])
+    row_ends = np.cumsum(np.asarray(docs_per_row, dtype=np.int64))
+    kept = np.flatnonzero(labels != IGNORE_INDEX)
+    index = np.full(-(-max(kept.shape[0], 1) // PREDICTION_BUCKET) * PREDICTION_BUCKET, -1, dtype=np.int64)
+    index[:kept.shape[0]] = kept
     return PackedBatch(input_ids=torch.from_numpy(inputs), labels=torch.from_numpy(labels),
                        cu_seqlens=torch.from_numpy(cu), max_seqlen=int(lengths.max(initial=0)),
-                       num_tokens=int(lengths.sum()), num_slots=rows * max_seq_len,
-                       num_masked=int((labels != IGNORE_INDEX).sum()))
+                       num_tokens=int(lengths.sum()), num_slots=len(row_ends) * max_seq_len,
+                       num_masked=int(kept.shape[0]), prediction_index=torch.from_numpy(index),
+                       row_offsets=torch.from_numpy(np.concatenate([[0], cu[row_ends]]).astype(np.int32)),
+                       row_len=max_seq_len)
 
 
 def _dist_info() -> tuple[int, int]:
@@ -229,17 +259,17 @@ class PackedMLMLoader:
         lengths = np.fromiter((d.shape[0] for d in packed.documents), dtype=np.int64, count=len(packed.documents))
         inputs, labels = mask_tokens(np.concatenate(packed.documents), self.rng, self.config.mask_rate,
                                      self.mask_id, self.special, self.pool)
-        rows, docs = packed.rows, slice(None)
+        docs_per_row, docs = packed.docs_per_row, slice(None)
         if self.readers == 1 and self.world_size > 1:  # the global batch: keep this rank's rows
-            rows = self.micro_batch_rows
             bounds = np.concatenate([[0], np.cumsum(packed.docs_per_row)])
-            first = min(self.rank * rows, packed.rows)
-            docs = slice(int(bounds[first]), int(bounds[min(first + rows, packed.rows)]))
-            rows = min(first + rows, packed.rows) - first
+            first = min(self.rank * self.micro_batch_rows, packed.rows)
+            last = min(first + self.micro_batch_rows, packed.rows)
+            docs_per_row = packed.docs_per_row[first:last]
+            docs = slice(int(bounds[first]), int(bounds[last]))
             offsets = np.concatenate([[0], np.cumsum(lengths)])
             tokens = slice(int(offsets[docs.start]), int(offsets[docs.stop]))
             inputs, labels = inputs[tokens], labels[tokens]
-        return packed_batch(lengths[docs], inputs, labels, rows, packed.max_seq_len)
+        return packed_batch(lengths[docs], inputs, labels, docs_per_row, packed.max_seq_len)
 
     # -- resumption -------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -69,7 +69,7 @@ def load_eval_set(name: str, path: str, tokenizer: str, config: EvalConfig, seq_
         docs_slice = slice(int(doc_bounds[first]), int(doc_bounds[last]))
         tokens = slice(int(token_bounds[docs_slice.start]), int(token_bounds[docs_slice.stop]))
         batches.append(packed_batch(lengths[docs_slice], inputs[tokens].copy(), labels[tokens].copy(),
-                                    last - first, seq_len))
+                                    packed.docs_per_row[first:last], seq_len))
     return EvalSet(name, batches, len(docs), total)
 
 

@@ -28,17 +28,17 @@ def _kernel(compiled: bool):
     return torch.compile(flex_attention) if compiled else flex_attention
 
 
-def document_block_mask(cu_seqlens: torch.Tensor, half_window: int | None, block: int = BLOCK) -> BlockMask:
-    """The block mask of a packed stream: documents by ``cu_seqlens``, and ``half_window`` tokens each side
-    (None: the whole document)."""
-    cu_seqlens = cu_seqlens.long()
-    total = int(cu_seqlens[-1])
-    device = cu_seqlens.device
-    lengths = cu_seqlens[1:] - cu_seqlens[:-1]
-    doc = torch.repeat_interleave(torch.arange(lengths.shape[0], device=device), lengths, output_size=total)
+def document_block_mask(sequence_of_token: torch.Tensor, half_window: int | None, block: int = BLOCK) -> BlockMask:
+    """The block mask of a packed stream whose token i belongs to sequence ``sequence_of_token[i]`` (sequences
+    contiguous and in order), with ``half_window`` tokens each side (None: the whole sequence).
+
+    Built from tensors alone, sized by the stream's shape: nothing is read back to the host, so a compiled forward
+    builds it inside its graph."""
+    total = sequence_of_token.shape[0]
+    device = sequence_of_token.device
     blocks = -(-total // block)
     # Slots past the last token belong to no document (-1); the kernel never reads them as keys.
-    doc = F.pad(doc, (0, blocks * block - total), value=-1)
+    doc = F.pad(sequence_of_token.long(), (0, blocks * block - total), value=-1)
     tiles = doc.view(blocks, block)
     first, last = tiles[:, 0], tiles.amax(dim=1)  # documents are contiguous and in order: a tile holds [first, last]
     whole = (first == last) & (tiles[:, -1] >= 0)  # the tile lies inside one document
@@ -72,5 +72,7 @@ def _ordered(tiles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def flex_varlen(qkv: torch.Tensor, block_mask: BlockMask) -> torch.Tensor:
     """(tokens, 3, heads, head_dim) -> (tokens, heads, head_dim)."""
     q, k, v = qkv.permute(1, 2, 0, 3).unsqueeze(1).unbind(0)  # each (1, heads, tokens, head_dim)
-    out = _kernel(qkv.is_cuda)(q, k, v, block_mask=block_mask)
+    # Inside a compiled forward the forward's own compilation takes in the kernel.
+    kernel = flex_attention if torch.compiler.is_compiling() else _kernel(qkv.is_cuda)
+    out = kernel(q, k, v, block_mask=block_mask)
     return out[0].transpose(0, 1)

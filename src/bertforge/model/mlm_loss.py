@@ -14,30 +14,34 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from bertforge.labels import IGNORE_INDEX
+
 
 class _ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
                 chunk: int, need_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        count = targets.numel()
+        wanted_rows = targets != IGNORE_INDEX  # rows that pad a bucketed prediction index carry IGNORE_INDEX
+        count = wanted_rows.sum().clamp(min=1)
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
         grad_bias = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if bias is not None \
             else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         predictions = torch.empty_like(targets)
-        for start in range(0, count, chunk):
+        for start in range(0, targets.shape[0], chunk):
             part = hidden[start:start + chunk]
             logits = F.linear(part, weight, bias).float()
             wanted = targets[start:start + chunk]
-            total += F.cross_entropy(logits, wanted, reduction="sum")
+            total += F.cross_entropy(logits, wanted, ignore_index=IGNORE_INDEX, reduction="sum")
             predictions[start:start + chunk] = logits.argmax(-1)
             if not need_grad:  # evaluation: the loss and the predictions are all that is wanted
                 continue
             # d(sum of losses)/d(logits) = softmax - one-hot; the mean over all predictions divides by count.
             grad_logits = logits.softmax(-1)
-            grad_logits[torch.arange(len(wanted), device=wanted.device), wanted] -= 1.0
-            grad_logits /= count
+            kept = wanted_rows[start:start + chunk]
+            grad_logits[torch.arange(wanted.shape[0], device=wanted.device), wanted.clamp(min=0)] -= 1.0
+            grad_logits *= kept[:, None] / count
             grad_hidden[start:start + chunk] = (grad_logits.to(weight.dtype) @ weight).to(hidden.dtype)
             grad_weight += grad_logits.T @ part.float()
             if grad_bias is not None:
@@ -56,8 +60,9 @@ class _ChunkedLinearCrossEntropy(torch.autograd.Function):
 
 def chunked_mlm_loss(hidden: torch.Tensor, decoder: torch.nn.Linear, targets: torch.Tensor, chunk: int
                      ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean cross-entropy of ``decoder(hidden)`` against ``targets`` (one row per predicted position), and the
-    top prediction of each row, holding at most ``chunk`` rows of logits at a time."""
+    """Mean cross-entropy of ``decoder(hidden)`` against ``targets`` (one row per predicted position; rows whose
+    target is IGNORE_INDEX pad a bucket and count for nothing), and the top prediction of each row, holding at
+    most ``chunk`` rows of logits at a time."""
     if targets.numel() == 0:
         return hidden.sum() * 0.0 + decoder.weight.sum() * 0.0, targets.clone()
     need_grad = torch.is_grad_enabled() and (hidden.requires_grad or decoder.weight.requires_grad)

@@ -31,9 +31,14 @@ class MaskedLMOutput:
     """With ``mlm_loss_chunk`` set (training, packed, with labels): the top prediction of each predicted position,
     in stream order, and ``logits`` is None."""
 
+    padding: torch.Tensor | None = None
+    """With a ``prediction_index``: True at the rows of ``logits``/``predictions`` that pad it to its bucket."""
+
     def predicted_ids(self) -> torch.Tensor:
-        """The top prediction of each row of ``logits`` (or the fused loss's own)."""
-        return self.predictions if self.predictions is not None else self.logits.argmax(-1)
+        """The top prediction of each predicted position (from ``logits``, or the fused loss's own), in stream
+        order, padding rows left out."""
+        ids = self.predictions if self.predictions is not None else self.logits.argmax(-1)
+        return ids if self.padding is None else ids[~self.padding]
 
 
 def unpad(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -51,10 +56,11 @@ class ModernBertModel(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(config, i) for i in range(config.num_hidden_layers))
         self.final_norm = layer_norm(config)
 
-    def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int | None = None
-                ) -> torch.Tensor:
-        """(tokens,) ids packed by ``cu_seqlens`` -> (tokens, hidden) final hidden states."""
-        layout = make_layout(cu_seqlens, max_seqlen, self.config.head_dim)
+    def forward(self, input_ids: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int | None = None,
+                row_offsets: torch.Tensor | None = None, row_len: int | None = None) -> torch.Tensor:
+        """(tokens,) ids packed by ``cu_seqlens`` -> (tokens, hidden) final hidden states. ``row_offsets`` and
+        ``row_len``: the packed rows the sequences were laid in, which a compiled SDPA path attends over."""
+        layout = make_layout(cu_seqlens, input_ids.shape[0], self.config.head_dim, max_seqlen, row_offsets, row_len)
         x = self.embeddings(input_ids)
         for layer in self.layers:
             x = layer(x, layout)
@@ -76,28 +82,44 @@ class ModernBertForMaskedLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, cu_seqlens: torch.Tensor | None = None,
-                max_seqlen: int | None = None) -> MaskedLMOutput:
-        """Packed when ``cu_seqlens`` is given (the training path), else HuggingFace-style padded (B, L)."""
+                max_seqlen: int | None = None, prediction_index: torch.Tensor | None = None,
+                row_offsets: torch.Tensor | None = None, row_len: int | None = None) -> MaskedLMOutput:
+        """Packed when ``cu_seqlens`` is given (the training path), else HuggingFace-style padded (B, L).
+
+        The training loader also passes what it knows of the batch so that a compiled forward needs no value
+        read back from the device: ``prediction_index`` (the positions that carry a label, padded with -1 to a
+        multiple of 128) and the packed rows (``row_offsets``, ``row_len``)."""
         if cu_seqlens is not None:
             if input_ids.dim() != 1:
                 raise ValueError(f"packed input_ids must be 1-D (tokens,), got shape {tuple(input_ids.shape)}")
-            return self._forward_packed(input_ids, cu_seqlens, max_seqlen, labels)
+            hidden = self.model(input_ids, cu_seqlens, max_seqlen, row_offsets, row_len)
+            return self._predict_packed(hidden, labels, prediction_index)
         return self._forward_padded(input_ids, attention_mask, labels)
 
-    def _forward_packed(self, input_ids, cu_seqlens, max_seqlen, labels) -> MaskedLMOutput:
-        hidden = self.model(input_ids, cu_seqlens, max_seqlen)
+    def _predict_packed(self, hidden, labels, prediction_index) -> MaskedLMOutput:
         if labels is None:
             return MaskedLMOutput(loss=None, logits=self.decoder(self.head(hidden)))
         # Sparse prediction: only the ~30% of positions that carry a label pay for the head and the vocab matmul.
-        keep = labels != IGNORE_INDEX
-        targets = labels[keep]
+        if prediction_index is None:
+            keep = (labels != IGNORE_INDEX).nonzero().squeeze(1)  # a data-dependent size: eager use only
+            padding = None
+        else:
+            padding = prediction_index < 0
+            keep = prediction_index.clamp(min=0)
+        targets = labels.index_select(0, keep)
+        if padding is not None:
+            targets = targets.masked_fill(padding, IGNORE_INDEX)
+        rows = self.head(hidden.index_select(0, keep))
         if self.config.mlm_loss_chunk:
-            loss, predictions = chunked_mlm_loss(self.head(hidden[keep]), self.decoder, targets,
-                                                 self.config.mlm_loss_chunk)
-            return MaskedLMOutput(loss=loss, logits=None, num_predictions=targets.numel(), predictions=predictions)
-        logits = self.decoder(self.head(hidden[keep]))
-        loss = F.cross_entropy(logits.float(), targets) if targets.numel() else logits.sum() * 0.0
-        return MaskedLMOutput(loss=loss, logits=logits, num_predictions=targets.numel())
+            loss, predictions = chunked_mlm_loss(rows, self.decoder, targets, self.config.mlm_loss_chunk)
+            logits = None
+        else:
+            logits = self.decoder(rows)
+            loss = F.cross_entropy(logits.float(), targets, ignore_index=IGNORE_INDEX, reduction="sum") \
+                / (targets != IGNORE_INDEX).sum().clamp(min=1)
+            predictions = None
+        return MaskedLMOutput(loss=loss, logits=logits, num_predictions=targets.shape[0] if padding is None else
+                              (~padding).sum(), predictions=predictions, padding=padding)
 
     def _forward_padded(self, input_ids, attention_mask, labels) -> MaskedLMOutput:
         batch, length = input_ids.shape
@@ -124,6 +146,19 @@ class ModernBertForMaskedLM(nn.Module):
     def save_pretrained(self, path: str | Path) -> None:
         """Write a directory ``transformers.AutoModelForMaskedLM.from_pretrained`` loads with no key warnings."""
         save_pretrained(self, path)
+
+
+DYNAMIC_INPUTS = ("input_ids", "labels", "cu_seqlens", "prediction_index")
+"""The packed forward's inputs whose size changes from batch to batch (tokens, documents, prediction buckets)."""
+
+
+def mark_dynamic_sizes(inputs: dict) -> dict:
+    """Tell ``torch.compile`` up front that these sizes vary, so the first batch compiles a graph for any size
+    instead of one specialised to its own and recompiled at the next (docs/model.md, "Compiling")."""
+    for key in DYNAMIC_INPUTS:
+        if isinstance(inputs.get(key), torch.Tensor):
+            torch._dynamo.maybe_mark_dynamic(inputs[key], 0)
+    return inputs
 
 
 def count_parameters(model: nn.Module) -> int:

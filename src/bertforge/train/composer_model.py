@@ -6,6 +6,7 @@ import torch
 from composer.models import ComposerModel
 from torchmetrics import Metric
 
+from bertforge.data.loader import MODEL_INPUTS
 from bertforge.labels import IGNORE_INDEX
 from bertforge.model import ModernBertForMaskedLM
 
@@ -33,8 +34,7 @@ class MLMComposerModel(ComposerModel):
         self.train_metrics = {"MaskedAccuracy": MaskedAccuracy()}
 
     def forward(self, batch: dict):
-        return self.model(batch["input_ids"], cu_seqlens=batch["cu_seqlens"], max_seqlen=batch["max_seqlen"],
-                          labels=batch["labels"])
+        return self.model(**{key: batch[key] for key in MODEL_INPUTS})
 
     def loss(self, outputs, batch: dict) -> torch.Tensor:
         return outputs.loss

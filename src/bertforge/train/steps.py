@@ -43,10 +43,8 @@ class StepBatches:
     def __iter__(self) -> Iterator[dict]:
         micro_batches = []
         for batch in self.loader:
-            micro_batches.append({
-                "input_ids": batch.input_ids, "labels": batch.labels, "cu_seqlens": batch.cu_seqlens,
-                "max_seqlen": batch.max_seqlen, "num_tokens": batch.num_tokens, "num_slots": batch.num_slots,
-                "num_masked": batch.num_masked})
+            micro_batches.append({**batch.model_inputs(), "num_tokens": batch.num_tokens,
+                                  "num_slots": batch.num_slots, "num_masked": batch.num_masked})
             rows = step_rows(self.slots, self.warmup, self.target, self.per_micro)
             if len(micro_batches) * self.per_micro < rows:
                 continue
@@ -68,6 +66,10 @@ def dataspec(steps: StepBatches):
     (accumulate_train_batch_on_tokens), which across micro-batches and ranks makes the loss the global mean."""
     from composer import DataSpec  # noqa: PLC0415 (torch-free: plan imports step_rows)
 
+    from bertforge.model.modernbert import mark_dynamic_sizes  # noqa: PLC0415 (as above)
+
     return DataSpec(steps, get_num_samples_in_batch=lambda b: b["num_slots"] // steps.max_seq_len,
                     get_num_tokens_in_batch=lambda b: {"total": b["num_tokens"], "loss_generating": b["num_masked"]},
-                    split_batch=lambda b, _: b["micro_batches"])
+                    split_batch=lambda b, _: b["micro_batches"],
+                    # on the device's copy of each micro-batch, just before the (compiled) forward
+                    microbatch_transforms=mark_dynamic_sizes)

@@ -10,6 +10,7 @@ from pathlib import Path
 from composer.core import Callback, State
 from composer.loggers import Logger
 from composer.utils import dist
+from torch._dynamo.utils import counters as dynamo_counters
 
 from bertforge.atomic import atomic_path
 from bertforge.checkpoint.run_folder import RunFolder
@@ -69,6 +70,9 @@ class MetricsFile(Callback):
             "mfu": flops / self.peak_flops if self.peak_flops else None,
             "packing_efficiency": self._real / max(self._slots, 1),
             "masked_share": self._masked / max(self._real, 1), "time": time.time() - self._start,
+            # Graphs torch.compile has built in this process: 1 for a compiled run that never recompiled
+            # (docs/model.md, "Compiling"), 0 for an eager one; growth means batches that force recompilation.
+            "compiled_graphs": dynamo_counters["stats"]["unique_graphs"],
         }
         self._real = self._slots = self._docs = self._masked = 0
         nonfinite = [key for key, value in record.items() if isinstance(value, float) and not math.isfinite(value)]
