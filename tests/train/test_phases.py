@@ -6,11 +6,14 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from helpers import ROOT, read_metrics, wandb_runs
 
+from bertforge.data.loader import packed_batch
+from bertforge.labels import IGNORE_INDEX
 from bertforge.model.modernbert import count_parameters
 from bertforge.model.report import build_on_meta
 from bertforge.train.callbacks.token_lr import TokenScheduler
@@ -62,8 +65,9 @@ def test_plan_lr_and_batch_equal_the_formula_and_the_trainer(tmp_path):
     ((_, small),) = small_chain = load_chain(path, ["global_batch_size=48", "batch_warmup.start=8",
                                                     "batch_warmup.tokens=200000", "data.micro_batch_size=1",
                                                     "max_duration=400000tok"])
-    micro = SimpleNamespace(input_ids=None, labels=None, cu_seqlens=torch.zeros(2), max_seqlen=1024,
-                            num_tokens=1024, num_slots=1024, num_masked=300)
+    tokens = np.arange(1024)
+    micro = packed_batch(np.array([1024]), tokens, np.where(tokens < 300, tokens, IGNORE_INDEX), [1], 1024)
+    assert (micro.num_tokens, micro.num_slots, micro.num_masked) == (1024, 1024, 300)
 
     class Loader:
         config = small.data
