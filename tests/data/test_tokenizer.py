@@ -29,3 +29,13 @@ def test_cli_trains_a_tokenizer(tmp_path, sample_data):
     progress = result.stderr.replace("\r", "\n").splitlines()
     assert any(line.startswith("reading: 100%") and " docs, " in line and " MB/s" in line for line in progress), \
         result.stderr[-2000:]
+
+
+def test_reading_with_workers_gives_the_texts_of_one_process_in_order(sample_data):
+    """Worker processes read units ahead (the slow part of `tokenizer train`): the texts, their order and so the
+    tokenizer are those of a single process."""
+    from bertforge.data.recipe import load_recipe
+    from bertforge.data.sources import recipe_texts
+
+    one, two = (list(recipe_texts(load_recipe(sample_data["recipe"], [f"workers={n}"]))) for n in (1, 2))
+    assert len(one) > 100 and one == two

@@ -11,9 +11,13 @@ import gzip
 import hashlib
 import io
 import json
+import multiprocessing
 import time
 import zlib
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +25,7 @@ import zstandard
 from tqdm import tqdm
 
 from bertforge.data.recipe import InputConfig, PrepRecipe, SourceConfig
-from bertforge.errors import ConfigError
+from bertforge.errors import ConfigError, DataError
 
 Record = tuple[str | None, str | None]
 
@@ -124,19 +128,58 @@ def read_unit(unit: Unit, bad_files: list[str] | None = None) -> Iterator[Record
 
 def recipe_texts(recipe: PrepRecipe, progress: bool = False) -> Iterator[str]:
     """Every document text of a recipe's sources, in order (what a tokenizer is trained on); with ``progress``, a
-    bar over the units with documents and megabytes read, their rates, and an ETA."""
+    bar over the units with documents and megabytes read, their rates, and an ETA. The recipe's ``workers``
+    processes read the file-based units a few ahead (parsing Python for docstrings is slow, and a tokenizer
+    trainer waits on it); the texts and their order are those of one process, so is the tokenizer."""
     units = [unit for src in recipe.sources for unit in plan_units(src, recipe.files_per_unit)]
     docs, size, start = 0, 0, time.time()
     with tqdm(total=len(units), unit="unit", desc="reading", disable=not progress) as bar:
-        for unit in units:
-            for text, _ in read_unit(unit):
-                if text:
-                    docs, size = docs + 1, size + len(text)
-                    yield text
+        for texts in _unit_texts_in_order(units, recipe.workers):
+            for text in texts:
+                docs, size = docs + 1, size + len(text)
+                yield text
             elapsed = max(time.time() - start, 1e-9)
             bar.set_postfix_str(f"{docs:,} docs, {size / 1e6:,.1f} MB, {docs / elapsed:,.0f} docs/s, "
                                 f"{size / 1e6 / elapsed:,.1f} MB/s")
             bar.update()
+
+
+READ_AHEAD_FORMATS = ("files", "docstrings", "jsonl", "parquet")
+"""Formats whose units are bounded (``files_per_unit`` files, or one file), so a worker may hand one back whole;
+a ``pydoc_topics`` or ``hf`` unit is read here, streamed."""
+
+
+def _unit_texts(unit: Unit) -> list[str]:
+    return [text for text, _ in read_unit(unit) if text]
+
+
+def _unit_texts_in_order(units: list[Unit], workers: int) -> Iterator[Iterable[str]]:
+    """Each unit's texts, in unit order. With more than one worker, at most two units per worker are read ahead,
+    so memory holds a few units' texts, not the corpus."""
+    if workers <= 1:
+        yield from ((text for text, _ in read_unit(unit) if text) for unit in units)
+        return
+    pending: deque = deque()
+    remaining = iter(units)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        def read_ahead() -> None:
+            while len(pending) < 2 * workers and (unit := next(remaining, None)) is not None:
+                ahead = unit.input.format in READ_AHEAD_FORMATS
+                pending.append((unit, pool.submit(_unit_texts, unit) if ahead else None))
+
+        read_ahead()
+        while pending:
+            unit, future = pending.popleft()
+            read_ahead()
+            if future is None:
+                yield (text for text, _ in read_unit(unit) if text)
+                continue
+            try:
+                yield future.result()
+            except BrokenProcessPool:
+                raise DataError(f"a reader process died (killed by a signal, often the out-of-memory killer) "
+                                f"while reading {unit.source}/{unit.key}; run again with fewer 'workers' if "
+                                f"memory ran out") from None
 
 
 def _checked(text: str) -> Record:
