@@ -405,7 +405,8 @@ def _run_units(recipe: PrepRecipe, todo: list[UnitJob], done: dict, progress: bo
     bar = tqdm(total=len(todo), unit="unit", desc="prep", disable=not progress)
     if todo:
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max(1, min(recipe.workers, len(todo))), mp_context=context) as pool:
+        workers = max(1, min(recipe.workers, len(todo)))
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
             futures = [pool.submit(_prepare_unit_job, job) for job in todo]
             try:
                 for future in as_completed(futures):
@@ -417,15 +418,16 @@ def _run_units(recipe: PrepRecipe, todo: list[UnitJob], done: dict, progress: bo
                     bar.set_postfix_str(f"{docs / elapsed:,.0f} docs/s {tokens / elapsed:,.0f} tok/s")
                     bar.update()
             except BrokenProcessPool:
-                # A worker was killed (the OOM killer, a signal): the pool cannot say which, but a unit in
-                # progress is the one whose .tmp folder exists and whose part is not finished.
-                running = [f"{job.unit.source}/{job.unit.key}" for job in todo
-                           if job.part_dir.with_name(job.part_dir.name + ".tmp").exists()
-                           and not job.part_dir.exists()]
+                # A worker was killed (the OOM killer, a signal): the pool cannot say which. A unit in progress
+                # has its .tmp folder and no finished part; a worker killed between two units had not yet made
+                # the next one's .tmp, and then the units it was taking are the first unfinished ones, in the
+                # order they were handed out.
+                unfinished = [job for job in todo if not job.part_dir.exists()]
+                running = [job for job in unfinished if job.part_dir.with_name(job.part_dir.name + ".tmp").exists()]
+                named = ", ".join(f"{job.unit.source}/{job.unit.key}" for job in running or unfinished[:workers])
                 raise DataError(f"a prep worker died (killed by a signal, often the out-of-memory killer) while "
-                                f"preparing unit(s) {', '.join(running) or '(none started)'}; finished units are "
-                                f"kept: run the prep again to resume, with fewer 'workers' if memory ran out"
-                                ) from None
+                                f"preparing unit(s) {named}; finished units are kept: run the prep again to "
+                                f"resume, with fewer 'workers' if memory ran out") from None
     bar.close()
 
 
