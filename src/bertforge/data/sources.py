@@ -149,15 +149,19 @@ READ_AHEAD_FORMATS = ("files", "docstrings", "jsonl", "parquet")
 a ``pydoc_topics`` or ``hf`` unit is read here, streamed."""
 
 
+def _texts(unit: Unit) -> Iterator[str]:
+    return (text for text, _ in read_unit(unit) if text)
+
+
 def _unit_texts(unit: Unit) -> list[str]:
-    return [text for text, _ in read_unit(unit) if text]
+    return list(_texts(unit))
 
 
 def _unit_texts_in_order(units: list[Unit], workers: int) -> Iterator[Iterable[str]]:
     """Each unit's texts, in unit order. With more than one worker, at most two units per worker are read ahead,
     so memory holds a few units' texts, not the corpus."""
     if workers <= 1:
-        yield from ((text for text, _ in read_unit(unit) if text) for unit in units)
+        yield from map(_texts, units)
         return
     pending: deque = deque()
     remaining = iter(units)
@@ -172,7 +176,7 @@ def _unit_texts_in_order(units: list[Unit], workers: int) -> Iterator[Iterable[s
             unit, future = pending.popleft()
             read_ahead()
             if future is None:
-                yield (text for text, _ in read_unit(unit) if text)
+                yield _texts(unit)
                 continue
             try:
                 yield future.result()
