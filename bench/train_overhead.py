@@ -29,6 +29,7 @@ from train_throughput import run as run_trainer
 from bertforge.data.loader import MODEL_INPUTS
 from bertforge.train.config import load_train_config
 from bertforge.train.optim import build_optimizer
+from bertforge.train.precision import autocast, cpu_bf16_units, resolve_precision
 from bertforge.train.run import build_data, build_model
 
 
@@ -41,14 +42,14 @@ def bare_loop(config, steps: int, device: torch.device, compiled: bool) -> list[
     model.to(device).train()
     optimizer = build_optimizer(model, config.optimizer)
     forward = torch.compile(model) if compiled else model
-    bf16 = config.precision == "amp_bf16" or (config.precision == "auto" and device.type == "cuda")
+    precision = resolve_precision(config.precision, "gpu" if device.type == "cuda" else "cpu", cpu_bf16_units())
     rows, batch_iter = [], iter(batches)
     for _ in range(steps):
         start = time.perf_counter()
         batch = next(batch_iter)
         loss = 0.0
         for micro in batch["micro_batches"]:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            with autocast(precision, device.type):  # as the trainer casts (train/precision.py)
                 out = forward(**{key: micro[key].to(device) if isinstance(micro[key], torch.Tensor) else micro[key]
                                  for key in MODEL_INPUTS})
             weighed = out.loss * (micro["num_masked"] / batch["num_masked"])

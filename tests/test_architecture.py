@@ -11,13 +11,15 @@ from helpers import ROOT
 SRC = ROOT / "src" / "bertforge"
 
 # What each package must not import: a package imports downward only (model and data at the bottom, checkpoint on
-# them, the loop, eval, fine-tuning and export above).
+# them, the loop, eval, fine-tuning and export above, the report card on top).
 FORBIDDEN = {
-    "model": ("data", "checkpoint", "train", "eval", "finetune", "export", "cli", "quickstart", "slurm"),
-    "data": ("model", "checkpoint", "train", "eval", "finetune", "export", "cli", "quickstart", "slurm"),
-    "checkpoint": ("train", "eval", "finetune", "export", "cli", "quickstart", "slurm"),
-    "export": ("train", "eval", "finetune", "cli", "quickstart", "slurm"),
-    "eval": ("finetune", "cli", "quickstart", "slurm"),
+    "model": ("data", "checkpoint", "train", "eval", "finetune", "export", "report", "cli", "quickstart", "slurm"),
+    "data": ("model", "checkpoint", "train", "eval", "finetune", "export", "report", "cli", "quickstart", "slurm"),
+    "checkpoint": ("train", "eval", "finetune", "export", "report", "cli", "quickstart", "slurm"),
+    "export": ("train", "eval", "finetune", "report", "cli", "quickstart", "slurm"),
+    "eval": ("finetune", "report", "cli", "quickstart", "slurm"),
+    "finetune": ("report", "cli", "quickstart", "slurm"),
+    "report": ("cli", "quickstart", "slurm"),
 }
 
 

@@ -51,7 +51,7 @@ def _job_config(tmp_path: Path, sample_data: dict, name: str, parallelism: str =
     end, so a checkpoint mid-run can only come from the signal."""
     return run_config(tmp_path, sample_data, name, parallelism=parallelism, max_duration=f"{STEPS * 1024}tok",
                       optimizer={"name": "adamw", "lr": 2e-3}, checkpoint={"interval": "1000ba", "keep": -1},
-                      wandb={"enabled": True, "project": "bertforge-tests"})
+                      wandb={"enabled": True, "project": "bertforge-tests"}, precision="fp32")
 
 
 def _slurm(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -123,7 +123,7 @@ def whole_job(tmp_path_factory, sample_data, cluster) -> dict:
     the same global batch of 4 rows."""
     root = tmp_path_factory.mktemp("slurm-runs")
     single = run_config(root, sample_data, "single", max_duration=f"{STEPS * 1024}tok",
-                        optimizer={"name": "adamw", "lr": 2e-3})
+                        optimizer={"name": "adamw", "lr": 2e-3}, precision="fp32")
     result = subprocess.run([BERTFORGE, "train", str(single), "data.pack_across_ranks=true",
                              "data.micro_batch_size=2"], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

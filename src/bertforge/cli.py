@@ -107,6 +107,13 @@ def _finetune(args: argparse.Namespace) -> None:
     print(f"results in {out}/results.json and results.md; models in {out}/<task>/seed<N>/model")
 
 
+def _report(args: argparse.Namespace) -> None:
+    from bertforge.report.card import make_report
+
+    make_report(args.run, args.tasks.split(",") if args.tasks else None, args.out, overrides=args.overrides,
+                per_task=args.set, seeds=args.seeds, every=args.every)
+
+
 def _plan(args: argparse.Namespace) -> None:
     from bertforge.train.phases import load_chain
     from bertforge.train.plan import draw_plan, format_plan, plan_chain, plan_json
@@ -351,12 +358,50 @@ def _add_quickstart(commands) -> None:
     quick.set_defaults(func=_quickstart)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Flags and positionals in any order (``export RUN --all OUT`` as ``export --all RUN OUT``): a subcommand's
+    parser reads its arguments as argparse's intermixed parsing does, which plain parsing does not for an optional
+    positional after a flag. Parsers with subcommands parse as usual (intermixed parsing refuses them); every
+    subcommand parser is of this class too (add_parser makes its parent's class)."""
+
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._intermixing or self._subparsers is not None:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True  # parse_known_intermixed_args calls parse_known_args itself, twice
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
+def _add_report(commands) -> None:
+    report = commands.add_parser(
+        "report", help="a run's report card: every checkpoint and a fresh model, held-out MLM and fine-tuned tasks",
+        description="Score a fresh model of the run's config and each checkpoint of the run: held-out MLM loss and "
+                    "accuracy, and each task fine-tuned over its seeds. Writes report.json, report.md and "
+                    "report.png; a rerun skips what is done.")
+    report.add_argument("run", help="a run's save_folder (local, or s3://...)")
+    report.add_argument("overrides", nargs="*", help="key=value overrides of every task (train.epochs=1)")
+    report.add_argument("--tasks", help="comma-separated task YAMLs or suites (default: the run config's "
+                                        "downstream: list; none: held-out MLM only)")
+    report.add_argument("--set", action="append", default=[], metavar="TASK:KEY=VALUE",
+                        help="an override of one task (repeat)")
+    report.add_argument("--seeds", type=int, help="seeds per task (default: each task's train.seeds)")
+    report.add_argument("--every", type=int, metavar="TOKENS",
+                        help="only the first checkpoint at or past each multiple of this many tokens")
+    report.add_argument("--out", help="output folder (default: RUN/report, or runs/report/<name> for a run in "
+                                      "an object store)")
+    report.set_defaults(func=_report)
+
+
 COMMANDS = (_add_model, _add_prep, _add_verify, _add_eval, _add_tokenizer, _add_train, _add_finetune, _add_plan,
-            _add_slurm, _add_export, _add_average, _add_quickstart)
+            _add_slurm, _add_export, _add_average, _add_report, _add_quickstart)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bertforge",
+    parser = _Parser(prog="bertforge",
                                      description="Pretrain ModernBERT-style encoders: prepare data, train, export.")
     parser.add_argument("--version", action="version", version=f"bertforge {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -367,13 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    # argparse stops collecting positional overrides at the first option; accept key=value anywhere, and after --.
-    extra = [e for e in extra if e != "--"]
-    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
-        args.overrides = [*args.overrides, *extra]
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = parser.parse_args(argv)  # key=value overrides anywhere, and after --: the parsers intermix (_Parser)
     try:
         args.func(args)
     except TrainingDiverged as err:

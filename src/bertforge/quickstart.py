@@ -9,10 +9,10 @@ about a minute, into folders of its own, to check an install.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from bertforge.checkpoint.run_folder import read_metric_records
 from bertforge.paths import REPO_ROOT
 
 SAMPLE_RECIPE = REPO_ROOT / "data_prep/sample.yaml"
@@ -109,8 +109,7 @@ def _step(text: str) -> None:
 def summary(layout: Layout, config) -> str:
     """Held-out loss and accuracy at the start and the end, the paths written, three fill-mask examples from the
     held-out split, and the commands to try next."""
-    evals = [row for row in map(json.loads, (layout.run / "metrics.jsonl").read_text().splitlines())
-             if row.get("event") == "eval"]
+    evals = [row for row in read_metric_records(layout.run / "metrics.jsonl") if row.get("event") == "eval"]
     lines = ["", "== quickstart done", ""]
     if evals:
         first, last = evals[0], evals[-1]

@@ -54,6 +54,43 @@ def test_every_command_has_a_test_that_runs_it_as_a_user_does():
     assert not set(marked) - commands, f"marked commands the CLI does not have: {sorted(set(marked) - commands)}"
 
 
+def leaf_parsers(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):
+    """(words, parser) of every runnable command."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield prefix, parser
+    for action in subs:
+        for name, sub in action.choices.items():
+            yield from leaf_parsers(sub, (*prefix, name))
+
+
+def test_flags_and_positionals_mix_in_any_order_in_every_command():
+    """A flag before, between or after the positionals parses the same (`export RUN --all OUT` was 'unrecognized
+    arguments' while OUT was an optional positional)."""
+    parser = build_parser()
+    checked = 0
+    for words, leaf in leaf_parsers(parser):
+        positionals = []
+        for action in leaf._positionals._group_actions:
+            positionals += ["a=1"] if action.nargs == "*" else ["p1", "p2"] if action.nargs == "+" else ["p"]
+        flags = [a for a in leaf._optionals._group_actions if a.option_strings and a.help != argparse.SUPPRESS
+                 and a.dest != "help" and not a.required]
+        required = [token for a in leaf._optionals._group_actions if a.required for token in (a.option_strings[0], "7")]
+        for flag in flags:
+            tokens = [flag.option_strings[0]] if flag.nargs == 0 else [flag.option_strings[0], "7"]
+            parsed = []
+            for at in range(len(positionals) + 1):
+                argv = [*words, *required, *positionals[:at], *tokens, *positionals[at:]]
+                args, extra = parser.parse_known_args(argv)
+                assert extra == [], f"{' '.join(argv)}: {extra}"
+                parsed.append({k: v for k, v in vars(args).items() if k != "func"})
+            assert all(p == parsed[0] for p in parsed), f"{' '.join(words)} {flag.option_strings[0]}: {parsed}"
+            checked += 1
+    assert checked > 30
+    args, _ = parser.parse_known_args(["export", "runs/x", "--all", "out"])
+    assert (args.checkpoint, args.out, args.all) == ("runs/x", "out", True)
+
+
 def test_cli_handlers_only_dispatch():
     """No handler builds an argparse.Namespace or calls another handler (the quickstart did both, and crashed
     when `prep` gained an option its hand-made Namespace lacked)."""

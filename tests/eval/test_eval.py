@@ -99,7 +99,8 @@ def _train(config: Path, *extra: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.command("eval mlm")
 def test_eval_in_training_starts_at_chance_and_equals_bertforge_eval_mlm(tmp_path, held_data):
-    config = run_config(tmp_path, held_data, "evaluated", eval=EVAL, export_dir=str(tmp_path / "hf"))
+    # float32, as `eval mlm` evaluates: the two must agree to 1e-5 (a bf16 run evaluates in bf16, as it trains)
+    config = run_config(tmp_path, held_data, "evaluated", eval=EVAL, export_dir=str(tmp_path / "hf"), precision="fp32")
     result = _train(config)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "[eval at batch 0]" in result.stdout
@@ -126,7 +127,8 @@ def test_eval_numbers_are_equal_on_one_and_two_ranks_ddp_and_fsdp2(tmp_path, hel
     first = {}
     for mode, ranks in (("single", 1), ("ddp", 2), ("fsdp2", 2)):
         config = run_config(tmp_path, held_data, mode, parallelism="ddp" if mode == "single" else mode,
-                             max_duration="4096tok", optimizer={"name": "adamw", "lr": 2e-3}, eval=EVAL)
+                             max_duration="4096tok", optimizer={"name": "adamw", "lr": 2e-3}, eval=EVAL,
+                             precision="fp32")
         result = train_ranks(config, ranks, "data.pack_across_ranks=true", f"data.micro_batch_size={2 // ranks}",
                               launcher="torchrun" if mode == "ddp" else "composer")
         assert result.returncode == 0, result.stderr[-3000:]

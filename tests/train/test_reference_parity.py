@@ -24,6 +24,7 @@ def _setup(tmp_path, sample_data, name: str, steps: int = STEPS, **data) -> tupl
         export_fresh_model(load_model_config("tiny"), start, seed=3)
     path = run_config(tmp_path, sample_data, name, max_duration=f"{steps * 1024}tok", init_from=str(start),
                       export_dir=str(tmp_path / name / "hf"), checkpoint={"interval": "1000ba", "keep": 1},
+                      precision="fp32",  # the reference trainer's
                       # decay strong enough that decaying the wrong set of parameters shows within 50 steps
                       optimizer={"name": "stableadamw", "lr": 1e-3, "weight_decay": 1e-3})
     config = yaml.safe_load(path.read_text())

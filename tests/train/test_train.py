@@ -12,6 +12,7 @@ from helpers import assert_export_matches, kill_when_saved, read_metrics, run_co
 
 from bertforge.errors import ConfigError
 from bertforge.train.config import ScheduleConfig, load_train_config
+from bertforge.train.precision import cpu_bf16_units
 from bertforge.train.preflight import check_batch
 from bertforge.train.schedules import lr_multiplier
 
@@ -30,6 +31,8 @@ def test_quickstart_config_trains_end_to_end_and_exports(tmp_path, sample_data):
                          wandb={"enabled": True, "project": "bertforge-tests", "tags": ["ci"]})
     result = _train(config, env=os.environ | {"WANDB_MODE": "offline"})
     assert result.returncode == 0, result.stderr[-3000:]
+    # The default precision ('auto'): bf16 autocast where this CPU has bf16 units, float32 where it has none.
+    assert f"precision: {'amp_bf16' if cpu_bf16_units() else 'fp32'}" in result.stdout
     folder = tmp_path / "qs"
     metrics = read_metrics(folder)
     assert sorted(metrics) == list(range(1, 13))
@@ -164,7 +167,7 @@ def test_one_process_ddp_and_fsdp2_give_the_same_losses(tmp_path, sample_data):
     losses = {}
     for mode, ranks in (("single", 1), ("ddp", 2), ("fsdp2", 2)):
         config = run_config(tmp_path, sample_data, mode, parallelism="ddp" if mode == "single" else mode,
-                             max_duration="8192tok", optimizer={"name": "adamw", "lr": 2e-3})
+                             max_duration="8192tok", optimizer={"name": "adamw", "lr": 2e-3}, precision="fp32")
         result = train_ranks(config, ranks, "data.pack_across_ranks=true", f"data.micro_batch_size={2 // ranks}",
                               launcher="torchrun" if mode == "ddp" else "composer")
         assert result.returncode == 0, result.stderr[-3000:]
@@ -214,7 +217,7 @@ def test_a_compiled_run_trains_like_an_eager_one_and_resumes(tmp_path, sample_da
     losses = {}
     for name, compiled in (("eager", False), ("compiled", True)):
         config = run_config(tmp_path, sample_data, name, max_duration=f"{8 * 1024}tok", compile=compiled,
-                            optimizer={"name": "stableadamw", "lr": 1e-4, "weight_decay": 1e-5})
+                            optimizer={"name": "stableadamw", "lr": 1e-4, "weight_decay": 1e-5}, precision="fp32")
         if compiled:
             kill_when_saved(config, tmp_path / name, "ep0-ba4-rank0.pt.manifest.json")
         result = _train(config)
@@ -237,7 +240,7 @@ def test_a_compiled_run_trains_like_an_eager_one_and_resumes(tmp_path, sample_da
 def test_a_run_with_the_fused_mlm_loss_trains_like_the_plain_one(tmp_path, sample_data):
     metrics = {}
     for name, chunk in (("plain", 0), ("fused", 64)):
-        config = run_config(tmp_path, sample_data, name, max_duration="4096tok")
+        config = run_config(tmp_path, sample_data, name, max_duration="4096tok", precision="fp32")
         result = _train(config, f"model.mlm_loss_chunk={chunk}")
         assert result.returncode == 0, result.stderr[-3000:]
         metrics[name] = [row for _, row in sorted(read_metrics(tmp_path / name).items())]

@@ -31,19 +31,43 @@ def load_masked_lm(path: str | Path) -> ModernBertForMaskedLM:
     return read_model(path)[0]
 
 
-def read_model(path: str | Path, verified: bool = False) -> tuple[ModernBertForMaskedLM, dict]:
-    """``load_masked_lm``'s model, with what is known of its tokenizer: ``tokenizer`` (a name or directory),
-    ``tokenizer_fingerprint`` and ``max_length`` (the context it was trained at), each None when unknown;
-    ``verified`` as for ``read_checkpoint``."""
+def read_model(path: str | Path, verified: bool = False, model_config: ModernBertConfig | None = None
+               ) -> tuple[ModernBertForMaskedLM, dict]:
+    """``load_masked_lm``'s model, with what is known of its tokenizer: ``tokenizer`` (a name or directory, found
+    and checked by ``recorded_tokenizer``), ``tokenizer_fingerprint`` and ``max_length`` (the context it was
+    trained at), each None when unknown; ``verified`` and ``model_config`` as for ``read_checkpoint``."""
     path = Path(path)
     if (path / "config.json").is_file():
         has_tokenizer = (path / "tokenizer.json").is_file()
         return ModernBertForMaskedLM.from_pretrained(path), {
             "tokenizer": str(path) if has_tokenizer else None,
             "tokenizer_fingerprint": tokenizer_fingerprint(str(path)) if has_tokenizer else None, "max_length": None}
-    model, run_state = read_checkpoint(path, verified=verified)
-    return model, {"tokenizer": run_state.get("tokenizer"), "tokenizer_fingerprint": run_state.get(
+    model, run_state = read_checkpoint(path, model_config, verified=verified)
+    return model, {"tokenizer": recorded_tokenizer(run_state, path), "tokenizer_fingerprint": run_state.get(
         "tokenizer_fingerprint"), "max_length": trained_length(path.parent / "config.yaml")}
+
+
+def recorded_tokenizer(run_state: dict, checkpoint: Path) -> str | None:
+    """The tokenizer a checkpoint's run trained with, where it can be found now: its recorded path (absolute since
+    runs record it so; an older run's relative path is tried from here and from the run folder's parent), kept only
+    when its fingerprint is the recorded one. None when no copy is found (the caller asks for --tokenizer); a
+    tokenizer found under that name with other ids is refused rather than used in its place."""
+    recorded, fingerprint = run_state.get("tokenizer"), run_state.get("tokenizer_fingerprint")
+    if not recorded:
+        return None
+    candidates = [Path(recorded)] if Path(recorded).is_absolute() else [Path(recorded),
+                                                                        checkpoint.parent.parent / recorded]
+    found = [c for c in candidates if (c / "tokenizer.json").is_file()]
+    if not found:
+        return None
+    if fingerprint is None:
+        return str(found[0])
+    for candidate in found:
+        if tokenizer_fingerprint(str(candidate)) == fingerprint:
+            return str(candidate)
+    raise CheckpointError(f"{checkpoint} was trained with tokenizer '{recorded}' (fingerprint {fingerprint}), but "
+                          f"'{found[0]}' is another tokenizer (fingerprint {tokenizer_fingerprint(str(found[0]))}); "
+                          f"pass --tokenizer with the run's own tokenizer")
 
 
 def read_checkpoint(path: Path, model_config: ModernBertConfig | None = None,

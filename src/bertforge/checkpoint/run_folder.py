@@ -26,13 +26,14 @@ Imports no torch at module level; reading a checkpoint loads it when called.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 from bertforge.checkpoint.manifest import MANIFEST_SUFFIX, manifest_path, verify_checkpoint
 from bertforge.checkpoint.safe_load import check_sharded_checkpoint, load_checkpoint_file
-from bertforge.errors import CheckpointError, ConfigError
+from bertforge.errors import CheckpointError, ConfigError, DataError
 from bertforge.paths import keyed_folder
 from bertforge.store import RemoteFolder, is_remote
 
@@ -51,6 +52,27 @@ def checkpoint_batch(path: Path) -> int:
 
 def _entry(name: str) -> property:
     return property(lambda self: self.path / name, doc=f"save_folder/{name}")
+
+
+def read_metric_records(path: Path) -> list[dict]:
+    """The records of a run's metrics.jsonl, in order. A last line cut in the middle (a crash or a full disk while
+    it was written: the known result) is left out with a note; any other line that does not parse is an error
+    naming the file and the line, since the rest could not be trusted."""
+    lines = path.read_text(errors="replace").splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                print(f"note: {path}: its last line is cut off (the run was stopped while writing it); read without "
+                      f"it", flush=True)
+                continue
+            raise DataError(f"{path}, line {number}: not JSON ({err.msg}); the file was changed by hand or damaged: "
+                            f"delete that line to read the rest") from None
+    return records
 
 
 def open_run_folder(save_folder: str, staging_folder: str | None = None) -> RunFolder:
@@ -114,7 +136,7 @@ class RunFolder:
         """The checkpoint a finished run (a previous phase) ended with: its newest checkpoint that verifies (for a
         folder in an object store, its newest complete one there, fetched; nothing else here is touched)."""
         if self.remote is not None:
-            complete = _complete_checkpoints(self.remote.sizes())
+            complete = self.stored_checkpoints()
             found = self.fetch(complete[0]) if complete else None
         else:
             found = self.newest_valid_checkpoint()
@@ -225,6 +247,10 @@ class RunFolder:
                 self._set_aside(local, f"which is not complete in {self.remote}")
         if complete:
             self.fetch(complete[0], stored)
+
+    def stored_checkpoints(self) -> list[str]:
+        """The names of the checkpoints complete in the object store, newest first."""
+        return _complete_checkpoints(self.remote.sizes())
 
     def fetch(self, name: str, stored: dict[str, int] | None = None) -> Path:
         """The stored checkpoint ``name`` in the staging folder (downloaded, files first and manifest last, unless

@@ -6,6 +6,7 @@ Standard library only (plus the schema helper), so a run config loads without to
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +30,7 @@ class StreamConfig:
 
     def __post_init__(self) -> None:
         for key in ("proportion", "repeat"):
-            if getattr(self, key) is not None and getattr(self, key) <= 0:
+            if getattr(self, key) is not None and not (math.isfinite(getattr(self, key)) and getattr(self, key) > 0):
                 raise ConfigError(f"'{key}' must be above 0 (leave the stream out to drop it), got "
                                   f"{getattr(self, key)}")
 
@@ -92,7 +93,7 @@ class DataConfig:
             missing = sorted(set(self.streams) - set(with_proportion))
             raise ConfigError(f"give 'proportion' for every stream or for none; missing for: {', '.join(missing)}")
         if self.temperature is not None:
-            if self.temperature <= 0:
+            if not (math.isfinite(self.temperature) and self.temperature > 0):
                 raise ConfigError(f"'temperature' must be above 0 (1 mixes by size), got {self.temperature}")
             weighted = sorted(name for name, s in self.streams.items() if s.proportion is not None or s.repeat)
             if weighted:

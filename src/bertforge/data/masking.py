@@ -19,9 +19,14 @@ def mask_tokens(ids: np.ndarray, rng: np.random.Generator, rate: float, mask_id:
                 pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pick ``rate`` of the non-special tokens; of those 80% become [MASK], 10% a random token, 10% stay.
 
-    Returns (inputs, labels) with labels -100 where nothing is predicted.
+    At least one token is picked when any can be: a micro-batch with nothing to predict has no loss, and
+    Composer's loss weighting divides by the step's count of predicted tokens (at a tiny rate over short rows that
+    count can be 0). Returns (inputs, labels) with labels -100 where nothing is predicted.
     """
-    chosen = (rng.random(ids.shape[0]) < rate) & ~np.isin(ids, special)
+    maskable = ~np.isin(ids, special)
+    chosen = (rng.random(ids.shape[0]) < rate) & maskable
+    if not chosen.any() and maskable.any():
+        chosen[rng.choice(np.flatnonzero(maskable))] = True
     labels = np.where(chosen, ids, IGNORE_INDEX)
     action = rng.random(ids.shape[0])
     inputs = ids.copy()

@@ -10,6 +10,7 @@ its share. Standard library only: `bertforge plan` shows the mixture without tor
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +52,10 @@ def stream_shares(config: DataConfig) -> list[StreamShare]:
     tokens = {name: int(s["tokens"]) for name, s in stats.items()}
     mean_length = {name: tokens[name] / int(s["samples"]) for name, s in stats.items()}
     if config.temperature is not None:
-        weight = {name: n ** (1.0 / config.temperature) for name, n in tokens.items()}
+        # n^(1/T) in log space: at T = 0.01 the powers themselves overflow a float
+        log_weight = {name: math.log(n) / config.temperature for name, n in tokens.items()}
+        top = max(log_weight.values())
+        weight = {name: math.exp(w - top) for name, w in log_weight.items()}
         token_weight = {name: w / sum(weight.values()) for name, w in weight.items()}
         sample_weight = {name: token_weight[name] / mean_length[name] for name in tokens}
     else:  # streaming's own rule: the proportions given (of samples), else every sample once (by size)
@@ -62,6 +66,18 @@ def stream_shares(config: DataConfig) -> list[StreamShare]:
     token_total, sample_total = sum(token_weight.values()), sum(sample_weight.values())
     return [StreamShare(name, tokens[name], int(stats[name]["samples"]), token_weight[name] / token_total,
                         sample_weight[name] / sample_total) for name in config.streams]
+
+
+def proportions_note(config: DataConfig) -> str | None:
+    """One line when the streams' proportions do not sum to 1: streaming divides them by their sum, so a typo
+    (0.5/0.3/0.3) would change the mixture without a word; the line gives the shares the run will use."""
+    given = {name: s.proportion for name, s in config.streams.items() if s.proportion is not None}
+    total = sum(given.values())
+    if not given or abs(total - 1.0) <= 1e-6:
+        return None
+    used = ", ".join(f"{name} {value / total:.3f}" for name, value in given.items())
+    return (f"note: data.streams' proportions sum to {total:g}, not 1; they are divided by their sum, so the run "
+            f"mixes {used} (make them sum to 1 to silence this)")
 
 
 def temperature_proportions(config: DataConfig) -> dict[str, float]:

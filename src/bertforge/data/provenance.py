@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bertforge import __version__
 from bertforge.data.recipe import PrepRecipe
-from bertforge.data.tokenizer import load_tokenizer, tokenizer_size_and_specials
+from bertforge.data.tokenizer import load_tokenizer, read_tokenizer_json, tokenizer_size_and_specials
 from bertforge.errors import ConfigError
 from bertforge.store import RemoteFolder, is_remote
 
@@ -29,7 +29,7 @@ def tokenizer_fingerprint(name_or_path: str) -> str:
     """A short hash of what maps text to ids, and of the special ids: equal for a tokenizer saved again."""
     path = Path(name_or_path) / "tokenizer.json"
     if path.is_file():
-        spec = json.loads(path.read_text())
+        spec = read_tokenizer_json(path)
     else:
         spec = json.loads(load_tokenizer(name_or_path).backend_tokenizer.to_str())
     size, ids = tokenizer_size_and_specials(name_or_path)

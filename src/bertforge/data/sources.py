@@ -53,9 +53,10 @@ def _list_files(inp: InputConfig) -> list[str]:
     if root.is_file():
         return [str(root)]
     found = {p for pattern in inp.include for p in root.glob(pattern) if p.is_file()}
-    for pattern in inp.exclude:
-        found -= set(root.glob(pattern))
-    files = sorted(str(p) for p in found)
+    # An exclude may match folders ('site-packages/**' matches only folders before Python 3.13): a file inside an
+    # excluded folder is excluded too.
+    excluded = {p for pattern in inp.exclude for p in root.glob(pattern)}
+    files = sorted(str(p) for p in found if p not in excluded and excluded.isdisjoint(p.parents))
     return files[: inp.max_files] if inp.max_files else files
 
 

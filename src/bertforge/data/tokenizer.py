@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from bertforge.errors import CheckpointError
+from bertforge.errors import CheckpointError, DataError
 
 SPECIAL_TOKENS = ["[CLS]", "[SEP]", "[PAD]", "[MASK]", "[UNK]"]
 
@@ -30,10 +30,28 @@ MODEL_INPUT_NAMES = ["input_ids", "attention_mask"]
 ``ModernBertModel.forward`` (and so ``AutoModel`` and sentence-transformers) refuses."""
 
 
+def read_tokenizer_json(path: Path) -> dict:
+    """A tokenizer folder's JSON file (tokenizer.json, tokenizer_config.json), or one line naming it when it is
+    empty or cut off (a copy or a save that did not finish), instead of the tokenizers library's parse error."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        what = "is empty" if path.stat().st_size == 0 else f"does not parse as JSON ({err})"
+        raise DataError(f"{path} {what}: the tokenizer is damaged; train it again (`bertforge tokenizer train`) or "
+                        f"copy it back whole") from None
+
+
+def _check_local_tokenizer(name_or_path: str) -> None:
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        if (Path(name_or_path) / name).is_file():
+            read_tokenizer_json(Path(name_or_path) / name)
+
+
 def load_tokenizer(name_or_path: str, **settings):
     """A HuggingFace tokenizer; ``settings`` (``model_max_length``...) replace what its configuration says."""
     from transformers import AutoTokenizer  # noqa: PLC0415 (transformers loads torch; prep and plan stay torch-free)
 
+    _check_local_tokenizer(name_or_path)
     try:
         return AutoTokenizer.from_pretrained(name_or_path, **settings)
     except OSError as err:
@@ -73,8 +91,8 @@ def tokenizer_size_and_specials(name_or_path: str) -> tuple[int, SpecialIds]:
         tokenizer = load_tokenizer(name_or_path)
         return len(tokenizer), special_ids(tokenizer)
 
-    fast = Tokenizer.from_file(str(path / "tokenizer.json"))
-    settings = json.loads((path / "tokenizer_config.json").read_text())
+    fast = Tokenizer.from_str(json.dumps(read_tokenizer_json(path / "tokenizer.json")))
+    settings = read_tokenizer_json(path / "tokenizer_config.json")
 
     def token_id(name: str) -> int | None:
         token = settings.get(f"{name}_token")

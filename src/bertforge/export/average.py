@@ -39,6 +39,11 @@ def average(sources: list[str | Path], out: str | Path, tokenizer: str | None = 
     one the first source records) beside it; ``verified``: the caller has verified the checkpoints' manifests."""
     if not sources:
         raise ConfigError("nothing to average: name at least one checkpoint or model directory (or RUN --last K)")
+    target = Path(out).resolve()
+    for source in sources:
+        if Path(source).resolve() == target or target in Path(source).resolve().parents:
+            raise ConfigError(f"the output folder {out} is the source {source}: writing the mean there would replace "
+                              f"it; name a new folder as the last argument (nothing was changed)")
     total: dict[str, torch.Tensor] = {}
     first = None
     for source in sources:

@@ -7,6 +7,7 @@ Checkpoints are read through checkpoint/read.py: ours, or the ModernBERT researc
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -16,14 +17,16 @@ from pathlib import Path
 import torch
 import yaml
 
+from bertforge import __version__
 from bertforge.atomic import write_text_atomic
 from bertforge.checkpoint.manifest import verify_checkpoint
-from bertforge.checkpoint.read import read_checkpoint, trained_length
-from bertforge.checkpoint.run_folder import RunFolder, checkpoint_batch, fetch_checkpoint
+from bertforge.checkpoint.read import read_checkpoint, read_model, recorded_tokenizer
+from bertforge.checkpoint.run_folder import RunFolder, checkpoint_batch, fetch_checkpoint, read_metric_records
 from bertforge.data.provenance import tokenizer_fingerprint
 from bertforge.data.tokenizer import SpecialIds, save_model_tokenizer
 from bertforge.errors import CheckpointError, ConfigError
 from bertforge.export.card import index_markdown, model_card
+from bertforge.failures import disk_full
 from bertforge.model import ModernBertConfig, ModernBertForMaskedLM
 from bertforge.model.hf_io import from_hf_config, read_hf_config
 from bertforge.store import is_remote
@@ -39,19 +42,51 @@ def export_model(model, out_dir: str | Path, tokenizer: str | None = None, max_l
         raise CheckpointError(f"refusing to export a model with non-finite weights ({', '.join(broken[:3])}"
                               f"{' ...' if len(broken) > 3 else ''})")
     out_dir = Path(out_dir)
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file():
-        raise ConfigError(f"{out_dir} holds files but no exported model; an export replaces its folder whole, so "
-                          f"export into a new or empty folder, or one that holds an earlier export")
+    check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.export-"))
     try:
         if tokenizer:  # first: a tokenizer that does not fit the model is refused before the model is written
             _save_tokenizer(tokenizer, staging, model.config, max_length)
         model.save_pretrained(staging)
+        (staging / EXPORT_MARKER).write_text(json.dumps({"bertforge": __version__}) + "\n")
         _replace_folder(staging, out_dir)
+    except Exception as err:
+        if disk_full(err) or "StorageFull" in str(err):  # safetensors words it as an IoError
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out_dir.parent)) from err
+        raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+EXPORT_MARKER = ".bertforge-export"
+"""Written into every export (its bertforge version): the mark of a folder the next export may replace."""
+_EXPORT_NAMES = {"config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "README.md",
+                 "model.safetensors.index.json", EXPORT_MARKER}
+
+
+def check_replaceable(out_dir: Path) -> None:
+    """An export replaces its folder whole; refuse (touching nothing) a folder that holds anything else than an
+    earlier bertforge export: the user's own files, or a model from elsewhere (a Hub download looks the same but
+    lacks EXPORT_MARKER)."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ConfigError(f"{out_dir} is a file; name a folder to export into")
+    entries = sorted(p.name for p in out_dir.iterdir())
+    if not entries:
+        return
+    if EXPORT_MARKER not in entries:
+        raise ConfigError(f"{out_dir} holds files that bertforge did not export ({', '.join(entries[:4])}"
+                          f"{', ...' if len(entries) > 4 else ''}); an export replaces its folder whole, so export "
+                          f"into a new or empty folder (nothing was changed)")
+    others = [name for name in entries if name not in _EXPORT_NAMES
+              and not (name.startswith("model") and name.endswith(".safetensors"))]
+    if others:
+        raise ConfigError(f"{out_dir} holds an earlier export and other files ({', '.join(others[:4])}"
+                          f"{', ...' if len(others) > 4 else ''}); an export replaces its folder whole, so move them "
+                          f"out or export into a new folder (nothing was changed)")
 
 
 def _replace_folder(new: Path, target: Path) -> None:
@@ -104,9 +139,21 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, tokenizer: st
     newest complete checkpoint) as a HuggingFace directory."""
     if is_remote(checkpoint):
         checkpoint = fetch_checkpoint(str(checkpoint))
-    model, run_state = read_checkpoint(Path(checkpoint), model_config)
-    _check_tokenizer(tokenizer, run_state, checkpoint)
-    return export_model(model, out_dir, tokenizer, trained_length(Path(checkpoint).parent / "config.yaml"))
+    elif is_run_folder(Path(checkpoint)):
+        found = RunFolder(checkpoint).newest_valid_checkpoint()
+        if found is None:
+            raise CheckpointError(f"{checkpoint}: a run folder with no checkpoint that verifies; nothing to export")
+        print(f"exporting the run's newest complete checkpoint, {found}", flush=True)
+        checkpoint = found
+    model, known = read_model(Path(checkpoint), model_config=model_config)
+    _check_tokenizer(tokenizer, known, checkpoint)
+    return export_model(model, out_dir, tokenizer or known["tokenizer"], known["max_length"])
+
+
+def is_run_folder(path: Path) -> bool:
+    """A run's save_folder (its config.yaml, or checkpoints in it), not a sharded checkpoint's directory."""
+    return path.is_dir() and not (path / ".metadata").is_file() and (
+        (path / "config.yaml").is_file() or bool(RunFolder(path).checkpoints()))
 
 
 def _check_tokenizer(tokenizer: str | None, run_state: dict, checkpoint) -> None:
@@ -132,11 +179,9 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, every_tokens: int | 
     if not checkpoints:
         raise FileNotFoundError(f"{run_dir}: no checkpoints (ep*-ba*) to export")
     run_config = yaml.safe_load(folder.config.read_text()) if folder.config.is_file() else {}
-    tokenizer = tokenizer or (run_config.get("data") or {}).get("tokenizer")
     metrics, evals = {}, {}
     if folder.metrics.is_file():
-        for line in folder.metrics.read_text().splitlines():
-            row = json.loads(line)
+        for row in read_metric_records(folder.metrics):
             if "event" not in row:
                 metrics[row["batch"]] = row
             elif row["event"] == "eval":
@@ -157,10 +202,11 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, every_tokens: int | 
             last_multiple = tokens // every_tokens
         model, run_state = read_checkpoint(checkpoint, verified=True)  # verified above
         _check_tokenizer(tokenizer, run_state, checkpoint)
+        its_tokenizer = tokenizer or recorded_tokenizer(run_state, checkpoint)
         name = f"step{batch:07d}-tokens{tokens if tokens is not None else 'unknown'}"
         entry = {"name": name, "step": batch, "tokens": tokens, "train_loss": row.get("loss"),
                  "eval_loss": evals.get(batch), "checkpoint": str(checkpoint)}
-        export_model(model, out_dir / name, tokenizer, (run_config.get("data") or {}).get("max_seq_len"))
+        export_model(model, out_dir / name, its_tokenizer, (run_config.get("data") or {}).get("max_seq_len"))
         write_text_atomic(out_dir / name / "README.md", model_card(entry, run_config, run_state))
         rows.append(entry)
         print(f"exported {checkpoint.name} -> {out_dir / name}", flush=True)

@@ -97,7 +97,10 @@ def read_beir(folder: Path, split: str, source: str) -> BeirSplit:
 
 
 def _jsonl(path: Path, source: str, allow_empty: bool):
-    """(``_id``, row) per line of a BEIR jsonl file; a line that is not a JSON object with an ``_id`` is named."""
+    """(``_id``, row) per line of a BEIR jsonl file; a line that is not a JSON object with an ``_id``, or whose
+    ``_id`` an earlier line has (the last would silently win, and a query's relevant document become another
+    text), is named."""
+    seen: dict[str, int] = {}
     with path.open(encoding="utf-8") as handle:
         for line, text in enumerate(handle, start=1):
             if not text.strip():
@@ -111,7 +114,12 @@ def _jsonl(path: Path, source: str, allow_empty: bool):
                                 f"and 'text'")
             if not allow_empty and not (row.get("text") or row.get("title") or "").strip():
                 raise DataError(f"{source}: {path} line {line}: document {row['_id']!r} has no text or title")
-            yield str(row["_id"]), row
+            row_id = str(row["_id"])
+            if row_id in seen:
+                raise DataError(f"{source}: {path} line {line}: '_id' {row_id!r} is already the id of line "
+                                f"{seen[row_id]}; ids must be unique (give one of them another id)")
+            seen[row_id] = line
+            yield row_id, row
 
 
 def training_rows(task: RetrievalTaskConfig):

@@ -9,6 +9,7 @@ from torchmetrics import Metric
 from bertforge.data.loader import MODEL_INPUTS
 from bertforge.labels import IGNORE_INDEX
 from bertforge.model import ModernBertForMaskedLM
+from bertforge.train.precision import autocast
 
 
 class MaskedAccuracy(Metric):
@@ -28,13 +29,18 @@ class MaskedAccuracy(Metric):
 
 
 class MLMComposerModel(ComposerModel):
-    def __init__(self, model: ModernBertForMaskedLM):
+    """``cpu_bf16``: the forward pass (and the loss, computed in it) under bf16 autocast on a CPU, where Composer
+    will not apply amp_bf16 itself (train/precision.py)."""
+
+    def __init__(self, model: ModernBertForMaskedLM, cpu_bf16: bool = False):
         super().__init__()
         self.model = model
+        self.cpu_bf16 = cpu_bf16
         self.train_metrics = {"MaskedAccuracy": MaskedAccuracy()}
 
     def forward(self, batch: dict):
-        return self.model(**{key: batch[key] for key in MODEL_INPUTS})
+        with autocast("amp_bf16" if self.cpu_bf16 else "fp32", "cpu"):
+            return self.model(**{key: batch[key] for key in MODEL_INPUTS})
 
     def loss(self, outputs, batch: dict) -> torch.Tensor:
         return outputs.loss

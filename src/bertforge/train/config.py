@@ -248,7 +248,9 @@ class TrainConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
     """Weights & Biases logging."""
     precision: Literal["auto", "fp32", "amp_bf16"] = "auto"
-    """amp_bf16 on GPU and fp32 on CPU when 'auto'."""
+    """'auto': amp_bf16 on a GPU, and on a CPU with bf16 units (AMX or AVX-512 BF16, read from /proc/cpuinfo), where
+    bertforge applies the bf16 autocast itself (Composer refuses it on CPU); fp32 on other CPUs. Weights, gradients
+    and optimizer state are float32 in every case (train/precision.py; docs/training.md "Precision")."""
     parallelism: Literal["ddp", "fsdp2"] = "ddp"
     """ddp (plain data parallel, or one process) or fsdp2 (sharded, through Composer's FSDP2)."""
     activation_checkpointing: bool = False

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bertforge.atomic import atomic_path
-from bertforge.checkpoint.run_folder import open_run_folder
+from bertforge.checkpoint.run_folder import open_run_folder, read_metric_records
 from bertforge.data.mixture import stream_shares
 from bertforge.errors import ConfigError, DataError
 from bertforge.train.config import TrainConfig, parse_time
@@ -98,7 +98,7 @@ def measured_tokens_per_s(save_folder: str, staging_folder: str | None = None) -
     metrics = open_run_folder(save_folder, staging_folder).metrics
     if not metrics.is_file():
         return None
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    rows = read_metric_records(metrics)
     rates = [r["tokens_per_s"] for r in rows[-20:] if r.get("tokens_per_s")]
     return statistics.median(rates) if rates else None
 

@@ -14,6 +14,7 @@ from typing import Literal
 
 from bertforge.data.config import stream_location
 from bertforge.data.integrity import check_prepared_stream
+from bertforge.data.mixture import proportions_note
 from bertforge.data.provenance import tokenizer_fingerprint
 from bertforge.data.tokenizer import tokenizer_size_and_specials
 from bertforge.errors import ConfigError
@@ -38,6 +39,9 @@ def preflight(config: TrainConfig, world_size: int, *, device: Literal["cpu", "g
     check_schedule(config)
     if device is not None:
         check_device(config, device)
+    note = proportions_note(config.data)
+    if note:
+        print(note, flush=True)
 
 
 def check_batch(config: TrainConfig, world_size: int) -> None:

@@ -50,6 +50,7 @@ from bertforge.train.config import TrainConfig, parse_time
 from bertforge.train.launcher import adopt_launcher_environment, launcher_world_size
 from bertforge.train.optim import build_optimizer
 from bertforge.train.phases import starting_point
+from bertforge.train.precision import cpu_bf16_units, describe_precision, resolve_precision
 from bertforge.train.preflight import check_device
 from bertforge.train.resume_check import check_restart, record_run
 from bertforge.train.steps import StepBatches, dataspec
@@ -122,7 +123,7 @@ def parallelize(model, config: TrainConfig) -> dict | None:
 
 
 def build_callbacks(config: TrainConfig, folder: RunFolder, loader, steps, lineage: dict, world_size: int,
-                    stopper, guard) -> list:
+                    stopper, guard, precision: str) -> list:
     """In the order they run at each event: the gradient fix before the guard measures gradients, the guard
     before the LR is set (a rollback moves the token clock), the checkpoint saver last."""
     saver = VerifiedCheckpointSaver(
@@ -135,21 +136,23 @@ def build_callbacks(config: TrainConfig, folder: RunFolder, loader, steps, linea
                            lr_scale=lambda: guard.lr_scale),
             RunState(loader, steps, config, lineage),
             # The eval before MetricsFile, whose fit_end draws curves.png: the final eval is then on it.
-            *([MLMEval(config, folder)] if config.eval.interval else []),
+            *([MLMEval(config, folder, precision)] if config.eval.interval else []),
             MetricsFile(folder, config.model, config.data.mask_rate, config.peak_flops, config.log_interval,
                         config.total_tokens),
             saver]
 
 
 def build_trainer(config: TrainConfig, folder: RunFolder, model, steps, callbacks: list, parallelism, start,
-                  device, micro_rows: int):
+                  device, micro_rows: int, precision: str):
+    """Composer's Trainer. bf16 on a CPU is our own autocast (train/precision.py): Composer refuses amp_bf16 there,
+    so it is told fp32 and the model's forward pass casts."""
     loggers = [build_wandb_logger(config, folder, dist.get_global_rank() == 0, start.lineage)] \
         if config.wandb.enabled else []
-    precision = config.precision if config.precision != "auto" else ("amp_bf16" if device.name == "gpu" else "fp32")
+    cpu_bf16 = device.name == "cpu" and precision == "amp_bf16"
     return Trainer(
-        model=MLMComposerModel(model), train_dataloader=dataspec(steps), max_duration=config.max_duration,
-        optimizers=build_optimizer(model, config.optimizer),
-        device=device, precision=precision, device_train_microbatch_size=micro_rows,
+        model=MLMComposerModel(model, cpu_bf16=cpu_bf16), train_dataloader=dataspec(steps),
+        max_duration=config.max_duration, optimizers=build_optimizer(model, config.optimizer),
+        device=device, precision="fp32" if cpu_bf16 else precision, device_train_microbatch_size=micro_rows,
         accumulate_train_batch_on_tokens=True,
         # Checkpoints are saved by the VerifiedCheckpointSaver among the callbacks, and resumed by bertforge
         # itself (RunFolder.resume_point): Composer's autoresume trusts the latest link and, on a folder that
@@ -231,9 +234,13 @@ def _run(config: TrainConfig, folder: RunFolder, world: int, device) -> Path:
     model, moments = build_model(config)
     parallelism = parallelize(model, config)
     stopper, guard = StopOnSignal(), DivergenceGuard(config.stability, folder)
-    callbacks = build_callbacks(config, folder, loader, steps, start.lineage, world, stopper, guard)
+    bf16_units = cpu_bf16_units() if device.name == "cpu" else None
+    precision = resolve_precision(config.precision, device.name, bf16_units)
+    if dist.get_global_rank() == 0:
+        print(describe_precision(precision, device.name, bf16_units), flush=True)
+    callbacks = build_callbacks(config, folder, loader, steps, start.lineage, world, stopper, guard, precision)
     trainer = build_trainer(config, folder, model, steps, callbacks, parallelism, start, device,
-                            config.micro_batch_rows(world))
+                            config.micro_batch_rows(world), precision)
     if moments is not None and start.load_path is None:  # a restart has the optimizer in its own checkpoint
         carry_optimizer_state(trainer.state.model, trainer.state.optimizers[0], "model", moments)
     state = trainer.state

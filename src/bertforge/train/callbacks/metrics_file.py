@@ -13,7 +13,7 @@ from composer.utils import dist
 from torch._dynamo.utils import counters as dynamo_counters
 
 from bertforge.atomic import atomic_path
-from bertforge.checkpoint.run_folder import RunFolder
+from bertforge.checkpoint.run_folder import RunFolder, read_metric_records
 from bertforge.model.config import ModernBertConfig
 from bertforge.model.flops import device_peak_flops, flops_per_token
 
@@ -104,7 +104,7 @@ def plot_curves(metrics: Path, out: Path) -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415 (pyplot after the Agg backend is chosen, and only when a PNG is drawn)
 
 
-    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    records = read_metric_records(metrics)
     rows = [row for row in records if "event" not in row and row["loss"] is not None]
     evals = [row for row in records if row.get("event") == "eval"]
     if not rows:

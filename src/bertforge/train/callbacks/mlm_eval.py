@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 from composer.core import Callback, State
-from composer.core.precision import get_precision_context
 from composer.loggers import Logger
 from composer.utils import dist
 
 from bertforge.checkpoint.run_folder import RunFolder
 from bertforge.eval.mlm import load_eval_set, mlm_metrics
 from bertforge.train.config import TrainConfig, parse_time
+from bertforge.train.precision import autocast
 
 
 class MLMEval(Callback):
@@ -20,8 +20,9 @@ class MLMEval(Callback):
     loggers (W&B: ``eval/loss``, ``eval/<stream>/loss``, ...). Stateless apart from its batches, which are the same
     on every start: a resumed run evaluates again at the same steps and gets the same numbers."""
 
-    def __init__(self, config: TrainConfig, folder: RunFolder):
+    def __init__(self, config: TrainConfig, folder: RunFolder, precision: str = "fp32"):
         self.config = config
+        self.precision = precision  # the run's, resolved (train/precision.py): evaluation casts as training does
         self.folder = folder
         self.every, self.unit = parse_time(config.eval.interval, "eval.interval")
         self.sets: list = []
@@ -54,7 +55,7 @@ class MLMEval(Callback):
     def _evaluate(self, state: State, logger: Logger) -> None:
         model = getattr(state.model, "module", state.model).model
         device = next(model.parameters()).device
-        result = mlm_metrics(model, self.sets, device, autocast=lambda: get_precision_context(state.precision))
+        result = mlm_metrics(model, self.sets, device, autocast=lambda: autocast(self.precision, device.type))
         batch, tokens = int(state.timestamp.batch), int(state.timestamp.token)
         self._last_batch = batch
         metrics = {f"eval/{key}": result[key] for key in ("loss", "accuracy", "perplexity")}

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from composer.core import Callback
 from composer.utils import dist
 
 from bertforge.data.provenance import tokenizer_fingerprint
+
+
+def _absolute(tokenizer: str) -> str:
+    """A local tokenizer folder as an absolute path, so that a checkpoint read from another working folder finds
+    it (checkpoint/read.py recorded_tokenizer); a hub name as it is."""
+    return str(Path(tokenizer).resolve()) if Path(tokenizer).is_dir() else tokenizer
 
 
 class RunState(Callback):
@@ -27,7 +34,7 @@ class RunState(Callback):
         # one keeps a single copy of non-tensor entries, yet each rank packs its own documents.
         return {"loader": dist.all_gather_object(self.loader.state_dict()), "steps": self.steps.state_dict(),
                 "model_config": dataclasses.asdict(self.config.model), "run_name": self.config.run_name,
-                "lineage": self.lineage, "tokenizer": self.config.data.tokenizer,
+                "lineage": self.lineage, "tokenizer": _absolute(self.config.data.tokenizer),
                 "tokenizer_fingerprint": self.tokenizer_fingerprint}
 
     def load_state_dict(self, state: dict) -> None:
