@@ -227,3 +227,12 @@ def test_training_from_the_store_with_a_small_cache_checkpoints_there_and_resume
 
     model = AutoModelForMaskedLM.from_pretrained(out)
     assert model.config.model_type == "modernbert"
+
+    # The report card reads the run where it is: every complete checkpoint fetched (and verified) as it is scored.
+    report = subprocess.run([BERTFORGE, "report", f"{STORE}/runs/remote", "--out", str(tmp_path / "report")],
+                            capture_output=True, text=True, timeout=600)
+    assert report.returncode == 0, report.stderr[-3000:]
+    points = json.loads((tmp_path / "report" / "report.json").read_text())["points"]
+    assert [p["name"] for p in points] == ["fresh", "step0000004-tokens4096", "step0000008-tokens8192",
+                                           "step0000012-tokens12288"]
+    assert all("problem" not in p for p in points) and (tmp_path / "report" / "report.png").is_file()

@@ -30,9 +30,10 @@ def test_tokens_of_a_checkpoint_come_from_its_metrics_record_or_between_two():
 
 
 def _report(run: Path, out: Path, source_task: Path, **kwargs):
-    return subprocess.Popen([BERTFORGE, "report", str(run), "--tasks", str(source_task), "--seeds", "2",
-                             "train.epochs=1", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True, **kwargs)
+    command = [BERTFORGE, "report", str(run), "--tasks", str(source_task), "--seeds", "2", "train.epochs=1",
+               "data.max_train_examples=64", "wandb.enabled=false", "--out", str(out)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, **kwargs)
 
 
 @pytest.mark.slow

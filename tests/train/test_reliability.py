@@ -95,6 +95,14 @@ def test_a_restart_that_changes_the_run_is_refused_naming_the_change(tmp_path, f
     assert not list((tmp_path / "done").glob("ep0-ba1[0-9]*"))
 
 
+def test_a_restart_without_config_yaml_is_refused_not_resumed_unchecked(tmp_path, finished):
+    config = _copy_run(finished, tmp_path)
+    (tmp_path / "done/config.yaml").unlink()
+    one_line_error(bertforge("train", str(config), "max_duration=16384tok", "global_batch_size=8"),
+                   "holds checkpoints but no config.yaml", "start a new phase from ep0-ba8-rank0.pt")
+    assert not list((tmp_path / "done").glob("ep0-ba1[0-9]*"))
+
+
 def test_a_restart_on_another_dataset_is_refused(tmp_path, finished, sample_data):
     config = _copy_run(finished, tmp_path)
     other = f"data.streams.code.local={sample_data['mds'] / 'web'}"

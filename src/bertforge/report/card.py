@@ -25,7 +25,7 @@ from bertforge.finetune.config import RetrievalTaskConfig, TaskConfig
 from bertforge.finetune.suite import check_tasks, load_suite, run_suite
 from bertforge.report.points import Point, checkpoint_path, open_report_run, report_points
 from bertforge.report.render import draw_report, report_markdown
-from bertforge.store import is_remote
+from bertforge.store import RemoteFolder, is_remote
 from bertforge.train.config import TrainConfig, load_train_config
 
 Task = TaskConfig | RetrievalTaskConfig
@@ -125,7 +125,8 @@ def held_out_mlm(model: Path, config: TrainConfig) -> dict | None:
     no held-out data to read."""
     from bertforge.eval.evaluate import evaluate_model  # noqa: PLC0415 (torch)
 
-    streams = [s for s in config.eval_streams().values() if s.startswith("s3://") or (Path(s) / "index.json").is_file()]
+    streams = [s for s in config.eval_streams().values()
+               if (RemoteFolder(s).exists("index.json") if is_remote(s) else (Path(s) / "index.json").is_file())]
     if not streams:
         return None
     result = evaluate_model(str(model), streams, config.eval, seq_len=config.eval.max_seq_len or

@@ -61,7 +61,8 @@ def draw_report(report: dict, path: Path) -> None:
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("pretraining tokens (millions)")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=8)
     figure.suptitle(f"report card: {report['run']}", fontsize=11)
     figure.tight_layout()
     with atomic_path(path) as tmp:

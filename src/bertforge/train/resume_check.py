@@ -50,8 +50,12 @@ def record_run(config: TrainConfig, folder: RunFolder) -> None:
 def check_restart(config: TrainConfig, folder: RunFolder, checkpoint: Path) -> list[dict]:
     """Refuse a restart from ``checkpoint`` whose config changes the run; record and return the allowed changes
     (every restart's, oldest first) for the lineage."""
-    if not folder.config.is_file():  # a folder from before config.yaml was kept: nothing to compare with
-        return _recorded_changes(folder)
+    if not folder.config.is_file():  # deleted, or never copied with the checkpoints: the rule cannot be applied
+        raise ConfigError(f"{folder.location} holds checkpoints but no config.yaml, the record of the run's settings "
+                          f"that a restart is checked against (a changed batch, mixture or model would otherwise "
+                          f"resume silently); restore it from where the run started, or start a new phase from "
+                          f"{checkpoint.name} in a new save folder (phase.after, or checkpoint.load_path with "
+                          f"checkpoint.load_weights_only)")
     recorded = yaml.safe_load(folder.config.read_text()) or {}
     for entry in _recorded_changes(folder):  # the values the run continued with, after earlier restarts' changes
         for key, (_, value) in entry["changed"].items():
