@@ -107,15 +107,3 @@ def test_an_exclude_of_a_folder_excludes_the_files_inside_it(tmp_path):
                                     exclude=["site-packages/**", "**/tests/**"]))
     assert [str(Path(f).relative_to(tmp_path)) for f in files] == ["keep.py", "pkg/keep.py"]
 
-
-def test_an_out_dir_inside_an_input_folder_is_refused_before_anything_is_written(tmp_path):
-    from bertforge.data.recipe import load_recipe
-
-    (tmp_path / "corpus").mkdir()
-    (tmp_path / "corpus/a.txt").write_text("text\n")
-    recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(f"tokenizer: t\nout_dir: {tmp_path / 'corpus/mds'}\nsources:\n  - name: web\n    inputs:\n"
-                      f"      - {{format: files, path: {tmp_path / 'corpus'}, include: ['**/*.txt']}}\n")
-    with pytest.raises(ConfigError, match="is inside sources\\[0\\].inputs\\[0\\].path"):
-        load_recipe(recipe)
-    assert not (tmp_path / "corpus/mds").exists()

@@ -8,7 +8,6 @@ from typing import Literal
 
 from bertforge.errors import ConfigError
 from bertforge.schema import load_config
-from bertforge.store import is_remote
 
 InputFormat = Literal["jsonl", "parquet", "files", "docstrings", "pydoc_topics", "hf"]
 
@@ -124,9 +123,3 @@ def check_inputs_exist(recipe: PrepRecipe, *, source: str) -> None:
             if not inp.path or not Path(inp.path).exists():
                 raise ConfigError(f"{source}: sources[{i}].inputs[{j}].path '{inp.path}' (source '{src.name}') "
                                   f"does not exist; fix the path or remove the input")
-            out = Path(recipe.out_dir).resolve() if not is_remote(recipe.out_dir) else None
-            if out is not None and Path(inp.path).is_dir() and (out == Path(inp.path).resolve()
-                                                                  or Path(inp.path).resolve() in out.parents):
-                raise ConfigError(f"{source}: out_dir '{recipe.out_dir}' is inside sources[{i}].inputs[{j}].path "
-                                  f"'{inp.path}' (source '{src.name}'): the shards would become input of the next "
-                                  f"prep; put out_dir outside the input folders")
