@@ -41,10 +41,11 @@ def load_suite(target: str | Path, overrides: list[str] | None = None, only: lis
                ) -> list[TaskConfig | RetrievalTaskConfig]:
     """The tasks of ``target`` (those named in ``only``), ``seeds`` each, in an order where every task comes after
     the one it starts from; ``per_task``: more overrides for the task of that name."""
-    tasks = [load_task(f, overrides) for f in task_files(target)]
+    files = task_files(target)
     per_task = per_task or {}
+    tasks = [load_task(f, overrides) for f in files]
     tasks = [load_task(f, [*(overrides or []), *per_task[t.name]]) if t.name in per_task else t
-             for f, t in zip(task_files(target), tasks, strict=True)]
+             for f, t in zip(files, tasks, strict=True)]
     names = [t.name for t in tasks]
     unknown = sorted(set(only or []) - set(names))
     if unknown:
