@@ -217,3 +217,38 @@ def assert_export_matches(hf_dir: Path, checkpoint: Path, atol: float = 1e-5) ->
     ids = torch.randint(5, 2048, (2, 40))
     with torch.no_grad():
         torch.testing.assert_close(hf(input_ids=ids).logits, ours(ids).logits, atol=atol, rtol=0)
+
+
+def write_probe_tasks(folder: Path, rows: int = 40) -> tuple[Path, Path]:
+    """Two small task YAMLs for the probe: a classification task (Python lines against English ones, which even a
+    fresh model's mean-pooled tokens tell apart) and a retrieval task whose every query is the exact text of its
+    document (in another order, among as many distractors), which a fresh model ranks first."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    code = [f"def handler_{i}(value, *args): return value.split(':')[{i % 5}]" for i in range(rows)]
+    prose = [f"The river {i} was quiet in the evening, and the town slept beside it." for i in range(rows)]
+    for split, part in (("train", slice(0, rows // 2)), ("validation", slice(rows // 2, rows))):
+        lines = [{"text": text, "label": label} for pair in zip(code[part], prose[part], strict=True)
+                 for text, label in zip(pair, ("code", "prose"), strict=True)]
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    classify = {"name": "probe-kind", "data": {"files": {"train": "train.jsonl", "validation": "validation.jsonl"},
+                                               "text_fields": ["text"]},
+                "head": {"labels": ["code", "prose"]}, "train": {"max_length": 64}}
+    beir = folder / "beir"
+    (beir / "qrels").mkdir(parents=True, exist_ok=True)
+    docs = [f"{word} {i} " + " ".join(f"{word}{j}" for j in range(i % 7)) for i, word in
+            enumerate(["alpha", "gamma", "delta", "omega", "sigma"] * (rows // 5))]
+    (beir / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "text": text}) + "\n"
+                                               for i, text in reversed(list(enumerate(docs)))))
+    queried = range(0, len(docs), 2)
+    (beir / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": docs[i]}) + "\n" for i in queried))
+    for split in ("train", "test"):  # the task's checks want its training split too; the probe reads only test
+        (beir / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(f"q{i}\td{i}\t1\n"
+                                                                                            for i in queried))
+    retrieve = {"name": "probe-echo", "kind": "retrieval", "data": {"beir": "beir", "eval_splits": ["test"]},
+                "train": {"max_length": 64}}
+    paths = folder / "probe-kind.yaml", folder / "probe-echo.yaml"
+    for path, task in zip(paths, (classify, retrieve), strict=True):
+        path.write_text(yaml.safe_dump(task))
+    return paths

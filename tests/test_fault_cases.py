@@ -107,3 +107,19 @@ def test_an_exclude_of_a_folder_excludes_the_files_inside_it(tmp_path):
                                     exclude=["site-packages/**", "**/tests/**"]))
     assert [str(Path(f).relative_to(tmp_path)) for f in files] == ["keep.py", "pkg/keep.py"]
 
+
+
+def test_a_symlinked_folder_is_read_once_and_a_link_back_up_the_tree_does_not_loop(tmp_path):
+    """Case 8: Python 3.11's glob does not follow symlinked folders, so their files were neither read nor counted."""
+    from bertforge.data.recipe import InputConfig
+    from bertforge.data.sources import _list_files
+
+    tree, elsewhere = tmp_path / "tree", tmp_path / "elsewhere"
+    for name in (tree / "own.py", elsewhere / "deep" / "linked.py"):
+        name.parent.mkdir(parents=True, exist_ok=True)
+        name.write_text("x = 1\n")
+    (tree / "shards").symlink_to(elsewhere)
+    (elsewhere / "back").symlink_to(tree)  # a loop: tree/shards/back is tree again
+    (tree / "again").symlink_to(elsewhere)  # the same real folder twice: read once
+    files = _list_files(InputConfig(format="files", path=str(tree), include=["**/*.py"]))
+    assert [Path(f).resolve() for f in files] == [(elsewhere / "deep" / "linked.py").resolve(), tree / "own.py"]

@@ -112,7 +112,7 @@ def test_training_with_another_tokenizer_than_the_data_is_refused(tmp_path, samp
 # -- integrity ----------------------------------------------------------------------------------------------------
 
 @pytest.mark.command("verify")
-def test_shards_are_hashed_and_a_flipped_bit_is_caught_by_verify_and_by_the_loader(tmp_path, sample_data):
+def test_shards_are_hashed_and_a_flipped_bit_is_caught_by_verify_and_by_the_loader(tmp_path, sample_data, caplog):
     source = _copy_source(sample_data, tmp_path)
     index = json.loads((source / "index.json").read_text())
     assert all(SHARD_HASH in shard["zip_data"]["hashes"] for shard in index["shards"])
@@ -128,6 +128,16 @@ def test_shards_are_hashed_and_a_flipped_bit_is_caught_by_verify_and_by_the_load
     assert "1 problem(s) found" in result.stderr
     with pytest.raises(DataError, match=rf"shard {shard} cannot be read \(ValueError: Checksum failure: {shard}\)"):
         _read_all(source, sample_data["tokenizer"])
+    # Case 20: a later shard, damaged, is met by streaming's download thread first; the error is the same one line,
+    # without the "exception calling callback" traceback that thread logged before.
+    source = _copy_source(sample_data, tmp_path / "later")
+    shard = _zip_shards(source)[-1]
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    shard.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=rf"shard {shard} cannot be read \(ValueError: Checksum failure: {shard}\)"):
+        _read_all(source, sample_data["tokenizer"])
+    assert [r.getMessage() for r in caplog.records if r.name == "concurrent.futures"] == []
 
 
 @pytest.mark.parametrize("damage", ["truncate", "delete"])

@@ -88,6 +88,22 @@ def test_two_preps_into_one_folder_are_refused(tmp_path, sample_data):
     assert not lock.exists()
 
 
+def test_an_out_dir_inside_an_input_folder_is_not_read_and_a_rerun_is_a_no_op(tmp_path, sample_data):
+    """Case 18: prep read its own shards as input on a rerun, refused them as changed inputs, and --force deleted
+    them and failed."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(3):
+        (tree / f"m{i}.py").write_text(f"def f{i}(x):\n    return x + {i}\n")
+    path = _write_recipe(tmp_path, sample_data["tokenizer"], [
+        {"name": "code", "kind": "code", "inputs": [{"format": "files", "path": str(tree), "include": ["**/*"]}]}],
+        out_dir=str(tree / "mds"))
+    first = prepare(load_recipe(path), progress=False)["code"]
+    shards = tree_bytes(tree / "mds")
+    again = prepare(load_recipe(path), progress=False)["code"]
+    assert first["documents"] == again["documents"] == 3 and tree_bytes(tree / "mds") == shards
+
+
 def test_bad_records_are_counted_not_fatal(tmp_path, sample_data):
     lines = [json.dumps({"text": "fine document"}).encode(), json.dumps({"text": "   "}).encode(), b"{not json",
              json.dumps({"body": "wrong field"}).encode(), b'{"text": "caf\xe9"}']

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import kill_when_saved, read_docs, release_shared_memory, run_config, train_ranks, tree_bytes
+from helpers import (
+    kill_when_saved,
+    read_docs,
+    release_shared_memory,
+    run_config,
+    train_ranks,
+    tree_bytes,
+    write_probe_tasks,
+)
 
 from bertforge.data.prep import held_out, prepare
 from bertforge.data.recipe import load_recipe
@@ -87,9 +95,9 @@ def held_data(tmp_path_factory, sample_data) -> dict:
     return {**sample_data, "mds": out / "mds"}
 
 
-def _evals(folder: Path) -> dict[int, dict]:
+def _evals(folder: Path, event: str = "eval") -> dict[int, dict]:
     rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    return {row["batch"]: row for row in rows if row.get("event") == "eval"}
+    return {row["batch"]: row for row in rows if row.get("event") == event}
 
 
 def _train(config: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -141,20 +149,33 @@ def test_eval_numbers_are_equal_on_one_and_two_ranks_ddp_and_fsdp2(tmp_path, hel
             assert first[mode]["streams"][name]["loss"] == pytest.approx(row["loss"], abs=1e-5)
 
 
-def test_eval_results_are_the_same_after_a_kill_and_autoresume(tmp_path, held_data):
-    reference = run_config(tmp_path, held_data, "ref", eval=EVAL)
-    assert _train(reference).returncode == 0
-    expected = _evals(tmp_path / "ref")
-    killed = run_config(tmp_path, held_data, "killed", eval=EVAL)
+def test_eval_and_probe_results_are_the_same_after_a_kill_and_autoresume(tmp_path, held_data):
+    # The probe (eval.probe) at the same steps: a classification task fitted on the frozen encoder and a
+    # zero-shot retrieval task, in metrics.jsonl, on the console and in curves.png.
+    probe = {"tasks": [str(path) for path in write_probe_tasks(tmp_path / "tasks", rows=20)], "max_rows": 16}
+    reference = run_config(tmp_path, held_data, "ref", eval=EVAL | {"probe": probe})
+    result = _train(reference)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "[probe at batch 0] tokens 0: probe-kind accuracy " in result.stdout
+    expected, probes = _evals(tmp_path / "ref"), _evals(tmp_path / "ref", "probe")
+    assert sorted(probes) == sorted(expected) == [0, 4, 8, 12]
+    for row in probes.values():
+        assert {name: task["metric"] for name, task in row["tasks"].items()} == {"probe-kind": "accuracy",
+                                                                                 "probe-echo": "ndcg@10"}
+        assert all(0 <= task["score"] <= 1 and task["seconds"] > 0 for task in row["tasks"].values())
+    assert probes[0]["tasks"]["probe-echo"]["score"] == pytest.approx(1.0)  # exact copies, ranked first
+    killed = run_config(tmp_path, held_data, "killed", eval=EVAL | {"probe": probe})
     folder = tmp_path / "killed"
     kill_when_saved(killed, folder)
     assert not (folder / "ep0-ba12-rank0.pt").exists(), "the run finished before it could be killed"
     result = _train(killed)
     assert result.returncode == 0, result.stderr[-3000:]
-    resumed = _evals(folder)
-    assert sorted(resumed) == sorted(expected)
+    resumed, resumed_probes = _evals(folder), _evals(folder, "probe")
+    assert sorted(resumed) == sorted(expected) and sorted(resumed_probes) == sorted(probes)
     for batch, row in expected.items():
         assert resumed[batch]["loss"] == pytest.approx(row["loss"], abs=1e-6), batch
+        for name, task in probes[batch]["tasks"].items():
+            assert resumed_probes[batch]["tasks"][name]["score"] == pytest.approx(task["score"], abs=1e-6), batch
 
 
 def test_an_eval_stream_without_data_fails_before_training_naming_the_path(tmp_path, sample_data):

@@ -111,6 +111,19 @@ def _checked_dataset_class():
                 self._shard_states[shard_id] = _ShardState.REMOTE  # release whoever waits on it
                 raise self._failure from None
 
+        def on_exception(self, future) -> None:
+            """streaming re-raises a download thread's exception in the future's done-callback, where
+            concurrent.futures can only log it (an "exception calling callback" traceback before our one line).
+            Here the failure is kept, the other threads told to stop, and the error raised where a shard or the
+            next batch is asked for (above)."""
+            error = future.exception()
+            if error is not None:
+                self._event.set()
+                if self._failure is None:
+                    self._failure = error if isinstance(error, DataError) else DataError(
+                        f"reading the dataset failed in streaming's download thread ({type(error).__name__}: "
+                        f"{error})")
+
     return ShardCheckedDataset
 
 

@@ -309,7 +309,7 @@ def prepare(recipe: PrepRecipe, *, progress: bool = True, force: bool = False, s
     load_tokenizer(recipe.tokenizer)  # fail before forking workers if the tokenizer is missing
     remote = _checked_store(recipe)
     out_dir = staging_folder(recipe)
-    units_by_source = {src.name: plan_units(src, recipe.files_per_unit) for src in recipe.sources}
+    units_by_source = {src.name: plan_units(src, recipe.files_per_unit, out_dir) for src in recipe.sources}
     for units in units_by_source.values():
         check_text_fields(units)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -329,8 +329,9 @@ def prepare(recipe: PrepRecipe, *, progress: bool = True, force: bool = False, s
 def unfinished(recipe: PrepRecipe, shares: int | None = None) -> list[str] | list[int]:
     """The units (source/key) not yet finished in ``out_dir``; with ``shares``, the shares that hold any."""
     remote = _checked_store(recipe)
-    units_by_source = {src.name: plan_units(src, recipe.files_per_unit) for src in recipe.sources}
-    todo, _ = _units_to_prepare(recipe, units_by_source, staging_folder(recipe), remote, force=False)
+    out_dir = staging_folder(recipe)
+    units_by_source = {src.name: plan_units(src, recipe.files_per_unit, out_dir) for src in recipe.sources}
+    todo, _ = _units_to_prepare(recipe, units_by_source, out_dir, remote, force=False)
     if shares is None:
         return [f"{job.unit.source}/{job.unit.key}" for _, job in todo]
     return sorted({place % shares for place, _ in todo})

@@ -7,11 +7,13 @@ counted and reported rather than crashing a long preparation.
 from __future__ import annotations
 
 import ast
+import fnmatch
 import gzip
 import hashlib
 import io
 import json
 import multiprocessing
+import os
 import time
 import zlib
 from collections import deque
@@ -48,25 +50,62 @@ class Unit:
         return digest.hexdigest()
 
 
-def _list_files(inp: InputConfig) -> list[str]:
+def _list_files(inp: InputConfig, skip: Path | None = None) -> list[str]:
+    """The files of ``inp`` its ``include`` patterns match and its ``exclude`` patterns do not (a file inside an
+    excluded folder is excluded too), sorted. Symlinked folders are followed, each real folder read once (a link
+    back up the tree is not followed again); ``skip`` is a folder never read: prep's own output, when a recipe
+    writes it inside one of its inputs (a rerun would otherwise read its own shards, or be refused)."""
     root = Path(inp.path)
     if root.is_file():
         return [str(root)]
-    found = {p for pattern in inp.include for p in root.glob(pattern) if p.is_file()}
-    # An exclude may match folders ('site-packages/**' matches only folders before Python 3.13): a file inside an
-    # excluded folder is excluded too.
-    excluded = {p for pattern in inp.exclude for p in root.glob(pattern)}
-    files = sorted(str(p) for p in found if p not in excluded and excluded.isdisjoint(p.parents))
+    files = sorted(str(root.joinpath(*rel)) for rel in _walk(root, inp.exclude, skip)
+                   if any(_matches(rel, pattern) for pattern in inp.include))
     return files[: inp.max_files] if inp.max_files else files
 
 
-def plan_units(source: SourceConfig, files_per_unit: int) -> list[Unit]:
+def _walk(root: Path, exclude: list[str], skip: Path | None) -> Iterator[tuple[str, ...]]:
+    """Every file under ``root`` as its path parts below it that no ``exclude`` pattern matches, nor any folder
+    above it (an excluded folder is not entered), through symlinked folders, each real folder once."""
+    seen = {root.resolve()}
+    skipped = skip.resolve() if skip is not None else None
+    stack: list[tuple[Path, tuple[str, ...]]] = [(root, ())]
+    while stack:
+        folder, parts = stack.pop()
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            rel = (*parts, entry.name)
+            if any(_matches(rel, pattern) for pattern in exclude):
+                continue
+            if entry.is_dir():  # follows a symlink
+                real = Path(entry.path).resolve()
+                if real not in seen and real != skipped:
+                    seen.add(real)
+                    stack.append((Path(entry.path), rel))
+            elif entry.is_file():
+                yield rel
+
+
+def _matches(rel: tuple[str, ...], pattern: str) -> bool:
+    """Whether path parts ``rel`` match a glob ``pattern`` as ``Path.glob`` would: ``*``, ``?`` and ``[...]`` within
+    one part (hidden names included), ``**`` for any number of folders."""
+    return _match_parts(rel, tuple(part for part in pattern.split("/") if part not in ("", ".")))
+
+
+def _match_parts(rel: tuple[str, ...], pattern: tuple[str, ...]) -> bool:
+    if not pattern:
+        return not rel
+    if pattern[0] == "**":
+        return any(_match_parts(rel[start:], pattern[1:]) for start in range(len(rel) + 1))
+    return bool(rel) and fnmatch.fnmatchcase(rel[0], pattern[0]) and _match_parts(rel[1:], pattern[1:])
+
+
+def plan_units(source: SourceConfig, files_per_unit: int, skip: Path | None = None) -> list[Unit]:
+    """``source``'s inputs cut into units; ``skip``: a folder whose files are never read (prep's own output)."""
     units = []
     for i, inp in enumerate(source.inputs):
         if inp.format in ("pydoc_topics", "hf"):
             units.append(Unit(source.name, f"i{i:02d}-u00000", inp, ()))
             continue
-        files = _list_files(inp)
+        files = _list_files(inp, skip)
         per_unit = files_per_unit if inp.format in ("files", "docstrings") else 1
         for u, start in enumerate(range(0, len(files), per_unit)):
             units.append(Unit(source.name, f"i{i:02d}-u{u:05d}", inp, tuple(files[start:start + per_unit])))
@@ -132,7 +171,7 @@ def recipe_texts(recipe: PrepRecipe, progress: bool = False) -> Iterator[str]:
     bar over the units with documents and megabytes read, their rates, and an ETA. The recipe's ``workers``
     processes read the file-based units a few ahead (parsing Python for docstrings is slow, and a tokenizer
     trainer waits on it); the texts and their order are those of one process, so is the tokenizer."""
-    units = [unit for src in recipe.sources for unit in plan_units(src, recipe.files_per_unit)]
+    units = [unit for src in recipe.sources for unit in plan_units(src, recipe.files_per_unit, Path(recipe.out_dir))]
     docs, size, start = 0, 0, time.time()
     with tqdm(total=len(units), unit="unit", desc="reading", disable=not progress) as bar:
         for texts in _unit_texts_in_order(units, recipe.workers):

@@ -8,6 +8,23 @@ from bertforge.errors import ConfigError
 
 
 @dataclass
+class ProbeConfig:
+    tasks: list[str] = field(default_factory=list)
+    """Fine-tuning task YAMLs or suites (as ``downstream:`` takes them) probed with the frozen encoder at every
+    evaluation: mean-pooled embeddings, a logistic regression fitted on the training rows (ridge for a regression
+    task) scored by the task's main metric, or zero-shot nDCG@10 for a retrieval task. In metrics.jsonl (lines with
+    ``"event": "probe"``), W&B (``probe/<task>/<metric>``) and curves.png. Empty: no probe."""
+    max_rows: int = 1000
+    """Rows per split (training and scored rows; queries and documents of a retrieval task), a seeded sample kept
+    for the whole run: the probe's cost and its resolution (1,000 rows: one standard deviation of about 1.6 points of
+    accuracy near 50%)."""
+
+    def __post_init__(self) -> None:
+        if self.max_rows < 10:
+            raise ConfigError(f"'eval.probe.max_rows' must be at least 10, got {self.max_rows}")
+
+
+@dataclass
 class EvalConfig:
     interval: str | None = None
     """How often to evaluate, in Composer time ('2000ba', or tokens: '1000000000tok'); also at the start and at
@@ -26,6 +43,9 @@ class EvalConfig:
     """Share of tokens predicted (ModernBERT evaluates at 15%, trains at 30%)."""
     seed: int = 17
     """Seed of the masking: every evaluation sees exactly the same masked batches."""
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+    """Downstream tasks scored from the frozen encoder at the same evaluations (docs/eval.md, "The in-run
+    probe")."""
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1 or self.rows < 1 or self.max_seq_len < 0:

@@ -292,6 +292,10 @@ class TrainConfig:
             raise ConfigError(f"'init_optimizer' takes the optimizer state of a research checkpoint, so 'init_from' "
                               f"must name its .pt file, got {self.init_from!r}; a HuggingFace directory holds none "
                               f"(set init_optimizer: false)")
+        if self.eval.probe.tasks and not self.eval.interval:
+            raise ConfigError("'eval.probe.tasks' are probed at every evaluation, and 'eval.interval' is empty (no "
+                              "evaluation); set eval.interval (for example 1000000000tok) or remove the probe's "
+                              "tasks")
         if self.eval.interval and parse_time(self.eval.interval, "eval.interval")[1] not in ("ba", "tok"):
             raise ConfigError(f"'eval.interval' must count batches or tokens ('2000ba', '1000000000tok'), got "
                               f"{self.eval.interval!r}")

@@ -18,6 +18,7 @@ from bertforge.data.mixture import proportions_note
 from bertforge.data.provenance import tokenizer_fingerprint
 from bertforge.data.tokenizer import tokenizer_size_and_specials
 from bertforge.errors import ConfigError
+from bertforge.finetune.suite import check_tasks, load_suite
 from bertforge.store import RemoteFolder, is_remote
 from bertforge.train.config import TrainConfig
 
@@ -36,6 +37,7 @@ def preflight(config: TrainConfig, world_size: int, *, device: Literal["cpu", "g
         check_data_paths(config)
         check_tokenizer_fits(config)
         check_eval_streams(config)
+        check_probe_tasks(config)
     check_schedule(config)
     if device is not None:
         check_device(config, device)
@@ -144,3 +146,22 @@ def check_device(config: TrainConfig, device: Literal["cpu", "gpu"]) -> None:
         raise ConfigError("optimizer 'stableadamw' under parallelism 'fsdp2' needs an AVG all-reduce of each sharded "
                           "parameter's update RMS, which the CPU (gloo) backend lacks; on CPU use "
                           "optimizer.name=adamw with fsdp2, or parallelism=ddp")
+
+
+def check_probe_tasks(config: TrainConfig) -> None:
+    """The tasks of ``eval.probe.tasks`` load, their files are there (a retrieval task's BEIR folder), and the probe
+    can score them: a run should not train for a day and then fail at its first evaluation."""
+    for target in config.eval.probe.tasks:
+        tasks = load_suite(target)
+        check_tasks([task for task in tasks if task.kind == "retrieval"])
+        for task in tasks:
+            if task.kind == "classification" and task.head.problem_type == "multi_label_classification":
+                raise ConfigError(f"eval.probe.tasks: {task.source} is a multi-label task, and the probe takes "
+                                  f"single-label classification, regression and retrieval tasks; leave it out of "
+                                  f"eval.probe.tasks (fine-tune it after the run with `downstream:`)")
+            if task.kind == "classification":
+                for split in (task.data.train_split, task.data.eval_splits[0]):
+                    if task.data.files and not task.file(split).is_file():
+                        raise ConfigError(f"eval.probe.tasks: {task.source}: data.files.{split} is "
+                                          f"{task.file(split)}, which does not exist; make the task's files first "
+                                          f"(its YAML's header says how)")

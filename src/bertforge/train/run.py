@@ -41,6 +41,7 @@ from bertforge.train.callbacks.divergence_guard import DivergenceGuard
 from bertforge.train.callbacks.gloo_gradient_average import gloo_gradient_fix
 from bertforge.train.callbacks.metrics_file import MetricsFile
 from bertforge.train.callbacks.mlm_eval import MLMEval
+from bertforge.train.callbacks.probe_eval import ProbeEval
 from bertforge.train.callbacks.run_state import RunState
 from bertforge.train.callbacks.stop_on_signal import StopOnSignal
 from bertforge.train.callbacks.token_lr import TokenScheduler
@@ -135,8 +136,9 @@ def build_callbacks(config: TrainConfig, folder: RunFolder, loader, steps, linea
             TokenScheduler(config.schedule, config.total_tokens or 0, config.optimizer.lr,
                            lr_scale=lambda: guard.lr_scale),
             RunState(loader, steps, config, lineage),
-            # The eval before MetricsFile, whose fit_end draws curves.png: the final eval is then on it.
+            # The evals before MetricsFile, whose fit_end draws curves.png: the final ones are then on it.
             *([MLMEval(config, folder, precision)] if config.eval.interval else []),
+            *([ProbeEval(config, folder, precision)] if config.eval.probe.tasks else []),
             MetricsFile(folder, config.model, config.data.mask_rate, config.peak_flops, config.log_interval,
                         config.total_tokens),
             saver]

@@ -10,7 +10,8 @@ from composer.utils import dist
 
 from bertforge.checkpoint.run_folder import RunFolder
 from bertforge.eval.mlm import load_eval_set, mlm_metrics
-from bertforge.train.config import TrainConfig, parse_time
+from bertforge.train.callbacks.eval_clock import EvalClock
+from bertforge.train.config import TrainConfig
 from bertforge.train.precision import autocast
 
 
@@ -24,32 +25,23 @@ class MLMEval(Callback):
         self.config = config
         self.precision = precision  # the run's, resolved (train/precision.py): evaluation casts as training does
         self.folder = folder
-        self.every, self.unit = parse_time(config.eval.interval, "eval.interval")
+        self.clock = EvalClock(config.eval.interval)
         self.sets: list = []
-        self._tokens_before = 0
-        self._last_batch = -1
 
     def fit_start(self, state: State, logger: Logger) -> None:
         cfg = self.config
         seq_len = cfg.eval.max_seq_len or cfg.data.max_seq_len
         self.sets = [load_eval_set(name, local, cfg.data.tokenizer, cfg.eval, seq_len, cfg.model.vocab_size,
                                    cfg.data.cache_dir) for name, local in cfg.eval_streams().items()]
-        self._tokens_before = int(state.timestamp.token)
-        if int(state.timestamp.batch) == 0:
+        if self.clock.at_start(state):
             self._evaluate(state, logger)
 
     def batch_end(self, state: State, logger: Logger) -> None:
-        batch, tokens = int(state.timestamp.batch), int(state.timestamp.token)
-        if self.unit == "ba":
-            due = batch % self.every == 0
-        else:
-            due = tokens // self.every > self._tokens_before // self.every
-        self._tokens_before = tokens
-        if due:
+        if self.clock.after_batch(state):
             self._evaluate(state, logger)
 
     def fit_end(self, state: State, logger: Logger) -> None:
-        if int(state.timestamp.batch) != self._last_batch:
+        if self.clock.at_end(state):
             self._evaluate(state, logger)
 
     def _evaluate(self, state: State, logger: Logger) -> None:
@@ -57,7 +49,7 @@ class MLMEval(Callback):
         device = next(model.parameters()).device
         result = mlm_metrics(model, self.sets, device, autocast=lambda: autocast(self.precision, device.type))
         batch, tokens = int(state.timestamp.batch), int(state.timestamp.token)
-        self._last_batch = batch
+        self.clock.evaluated(state)
         metrics = {f"eval/{key}": result[key] for key in ("loss", "accuracy", "perplexity")}
         for name, row in result["streams"].items():
             metrics.update({f"eval/{name}/{key}": row[key] for key in ("loss", "accuracy", "perplexity")})
