@@ -396,8 +396,24 @@ def _add_report(commands) -> None:
     report.set_defaults(func=_report)
 
 
+def _env(args: argparse.Namespace) -> None:
+    import json
+
+    from bertforge.environment import collect, format_report
+
+    report = collect()
+    print(json.dumps(report, indent=1) if args.json else format_report(report).rstrip("\n"))
+
+
+def _add_env(commands) -> None:
+    env = commands.add_parser("env", help="versions and hardware for a bug report (torch, CUDA, Composer, "
+                                          "streaming, flash-attn, GPUs, Slurm)")
+    env.add_argument("--json", action="store_true", help="print JSON for a machine")
+    env.set_defaults(func=_env)
+
+
 COMMANDS = (_add_model, _add_prep, _add_verify, _add_eval, _add_tokenizer, _add_train, _add_finetune, _add_plan,
-            _add_slurm, _add_export, _add_average, _add_report, _add_quickstart)
+            _add_slurm, _add_export, _add_average, _add_report, _add_quickstart, _add_env)
 
 
 def build_parser() -> argparse.ArgumentParser:
