@@ -36,7 +36,8 @@ def _bring_your_own(project: Path) -> None:
     beir = project / "my-search"
     (beir / "qrels").mkdir(parents=True)
     docs = paragraphs[:120]
-    (beir / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "text": d}) + "\n" for i, d in enumerate(docs)))
+    (beir / "corpus.jsonl").write_text("".join(json.dumps({"_id": f"d{i}", "text": d}) + "\n"
+                                               for i, d in enumerate(docs)))
     (beir / "queries.jsonl").write_text("".join(json.dumps({"_id": f"q{i}", "text": " ".join(d.split()[:8])}) + "\n"
                                                 for i, d in enumerate(docs)))
     for split, ids in (("train", range(0, 80)), ("test", range(80, 120))):
