@@ -123,3 +123,43 @@ def test_a_symlinked_folder_is_read_once_and_a_link_back_up_the_tree_does_not_lo
     (tree / "again").symlink_to(elsewhere)  # the same real folder twice: read once
     files = _list_files(InputConfig(format="files", path=str(tree), include=["**/*.py"]))
     assert [Path(f).resolve() for f in files] == [(elsewhere / "deep" / "linked.py").resolve(), tree / "own.py"]
+
+
+def test_audit_refusals_that_were_tracebacks_or_silent(tmp_path, sample_data):
+    """The fifth audit's cases fixed without a training run (bench/fault_audit.py, docs/faults.md)."""
+    from helpers import run_config
+
+    from bertforge.checkpoint.run_folder import read_checkpoint_state
+    from bertforge.cli import build_parser
+    from bertforge.data.prep import prepare
+    from bertforge.data.recipe import load_recipe
+    from bertforge.errors import CheckpointError
+    from bertforge.train.config import load_train_config
+    from bertforge.train.preflight import check_init_from
+
+    # An override of one item of a list: OmegaConf's TypeError traceback.
+    with pytest.raises(ConfigError, match=r"an override does not fit the file .*give the whole list"):
+        load_recipe(sample_data["recipe"], ["sources.0.name=x"])
+    config = run_config(tmp_path, sample_data, "audit")
+    # init_from that does not exist: a bare "No such file or directory" after the data and model were built.
+    with pytest.raises(ConfigError, match=r"^init_from 'no-such-model' does not exist; give a HuggingFace"):
+        check_init_from(load_train_config(config, ["init_from=no-such-model"]))
+    # A count of 0 on the command line: `export --all --every 0` exported every checkpoint.
+    for argv in (["export", "run", "out", "--all", "--every", "0"], ["finetune", "t.yaml", "m", "--seeds", "0"],
+                 ["report", "run", "--every", "-5"]):
+        with pytest.raises(SystemExit) as refused:
+            build_parser().parse_args(argv)
+        assert refused.value.code == 2
+    # A folder that is neither a model nor a checkpoint given as a model: a ValueError traceback.
+    with pytest.raises(CheckpointError, match=r"a folder that is neither a HuggingFace model .* nor a sharded"):
+        read_checkpoint_state(tmp_path)
+    # A source whose inputs give no document: prep succeeded, the run failed later far from the cause.
+    (tmp_path / "empty.jsonl").write_text("")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(json.dumps({"tokenizer": sample_data["tokenizer"], "out_dir": str(tmp_path / "mds"),
+                                  "max_seq_len": 64, "workers": 1, "sources": [
+                                      {"name": "notes", "inputs": [{"format": "jsonl",
+                                                                    "path": str(tmp_path / "empty.jsonl")}]}]}))
+    with pytest.raises(DataError, match=r"source 'notes': its inputs gave no document"):
+        prepare(load_recipe(recipe), progress=False)
+    assert not (tmp_path / "mds" / "notes" / "index.json").exists()

@@ -49,6 +49,16 @@ def test_a_yaml_syntax_error_names_the_line(tmp_path, kind):
         loader(path)
 
 
+@pytest.mark.parametrize("kind", sorted(LOADERS))
+def test_a_file_holding_a_list_is_one_line_naming_it(tmp_path, kind):
+    """Fault audit: a YAML list (a wrong file passed) was OmegaConf's TypeError traceback."""
+    loader, _ = LOADERS[kind]
+    path = tmp_path / "a-list.yaml"
+    path.write_text("- just\n- a list\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: holds a YAML list, and a config file is a mapping"):
+        loader(path)
+
+
 def test_includes_and_overrides_apply_in_order(tmp_path):
     (tmp_path / "base.yaml").write_text("hidden_size: 64\nnum_attention_heads: 2\nintermediate_size: 96\n")
     (tmp_path / "model.yaml").write_text("includes: {.: base.yaml}\nnum_hidden_layers: 2\nintermediate_size: 128\n")

@@ -207,8 +207,8 @@ def _add_prep(commands) -> None:
     spread = prep.add_argument_group("over a Slurm cluster (an array job, then a finishing step)")
     spread.add_argument("--slurm", action="store_true", help="write the array job's and finishing step's sbatch "
                         "scripts (under the prep's slurm/ folder) instead of preparing here")
-    spread.add_argument("--nodes", type=int, default=1, help="nodes' worth of array tasks")
-    spread.add_argument("--tasks-per-node", type=int, default=1,
+    spread.add_argument("--nodes", type=_at_least_one, default=1, help="nodes' worth of array tasks")
+    spread.add_argument("--tasks-per-node", type=_at_least_one, default=1,
                         help="array tasks per node, each running the recipe's workers")
     spread.add_argument("--partition")
     spread.add_argument("--time", help="time limit of each array task (Slurm syntax)")
@@ -235,9 +235,9 @@ def _add_eval(commands) -> None:
     mlm.add_argument("model", help="a HuggingFace ModernBERT directory (ours or transformers') or a checkpoint of ours")
     mlm.add_argument("--data", required=True,
                      help="prepared datasets, comma-separated (e.g. mds/web/eval,mds/code/eval)")
-    mlm.add_argument("--max-tokens", type=int, default=1_000_000, help="real tokens per dataset (default 1M)")
+    mlm.add_argument("--max-tokens", type=_at_least_one, default=1_000_000, help="real tokens per dataset (default 1M)")
     mlm.add_argument("--seq-len", type=int, help="row length (default: the model's max_position_embeddings)")
-    mlm.add_argument("--rows", type=int, default=8, help="rows per micro-batch (the result does not depend on it)")
+    mlm.add_argument("--rows", type=_at_least_one, default=8, help="rows per micro-batch (the result does not depend on it)")
     mlm.add_argument("--mask-rate", type=float, default=0.15)
     mlm.add_argument("--seed", type=int, default=17)
     mlm.add_argument("--tokenizer", help="default: the one beside the model, else the one the data records")
@@ -276,7 +276,7 @@ def _add_finetune(commands) -> None:
                                         "research repository's; then pass --tokenizer)")
     finetune.add_argument("overrides", nargs="*", help="key=value overrides of every task (train.epochs=1)")
     finetune.add_argument("--tasks", help="comma-separated task names to run from the suite (default: all)")
-    finetune.add_argument("--seeds", type=int, help="seeds per task (default: each task's train.seeds)")
+    finetune.add_argument("--seeds", type=_at_least_one, help="seeds per task (default: each task's train.seeds)")
     finetune.add_argument("--out", help="output folder (default runs/finetune/<model folder name>)")
     finetune.add_argument("--tokenizer", help="tokenizer directory or hub name (default: the model directory's)")
     finetune.set_defaults(func=_finetune)
@@ -302,7 +302,7 @@ def _add_slurm(commands) -> None:
                                             "partition and submit it. Overrides go after the config (or after --).")
     slurm.add_argument("config", help="run config YAML")
     slurm.add_argument("overrides", nargs="*", help="key=value overrides of the run config")
-    slurm.add_argument("--nodes", type=int, required=True, help="nodes to allocate")
+    slurm.add_argument("--nodes", type=_at_least_one, required=True, help="nodes to allocate")
     slurm.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node, one rank each (0: CPU nodes)")
     slurm.add_argument("--ranks-per-node", type=int, help="ranks per node (default: GPUs per node, or 1 on CPU)")
     slurm.add_argument("--partition", help="partition (default: the cluster's default)")
@@ -325,7 +325,7 @@ def _add_export(commands) -> None:
     export.add_argument("--tokenizer", help="tokenizer to save beside the model (--all: default the run's)")
     export.add_argument("--all", action="store_true", help="every checkpoint of the run folder, one directory each "
                                                             "(step<N>-tokens<T>) with a model card, and an index")
-    export.add_argument("--every", type=int, metavar="TOKENS",
+    export.add_argument("--every", type=_at_least_one, metavar="TOKENS",
                         help="with --all: only the first checkpoint at or past each multiple of this many tokens")
     export.add_argument("--model", help="architecture (preset or YAML) of a research checkpoint that stores no "
                                         "HuggingFace config")
@@ -341,7 +341,7 @@ def _add_average(commands) -> None:
     average.add_argument("paths", nargs="+", metavar="SOURCE... OUT", help="checkpoints (ours or the research "
                          "repository's) or HuggingFace directories of one architecture, then the output directory; "
                          "with --last, one run folder, then the output directory")
-    average.add_argument("--last", type=int, metavar="K", help="the K newest checkpoints of the run folder that "
+    average.add_argument("--last", type=_at_least_one, metavar="K", help="the K newest checkpoints of the run folder that "
                                                                 "verify")
     average.add_argument("--tokenizer", help="tokenizer to save beside it (default: the one the first source records)")
     average.set_defaults(func=_average)
@@ -356,6 +356,18 @@ def _add_quickstart(commands) -> None:
     quick.add_argument("--small", action="store_true", help="a slice of the corpus and 60k training tokens, into "
                        "data/sample-small and runs/quickstart-small: the whole pipeline in about a minute")
     quick.set_defaults(func=_quickstart)
+
+
+def _at_least_one(text: str) -> int:
+    """A count given on the command line (seeds, tokens, nodes): a whole number of at least 1, or argparse's one
+    line (0 or a negative number was taken as "all" by some commands, or failed far from the flag)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -388,8 +400,8 @@ def _add_report(commands) -> None:
                                         "downstream: list; none: held-out MLM only)")
     report.add_argument("--set", action="append", default=[], metavar="TASK:KEY=VALUE",
                         help="an override of one task (repeat)")
-    report.add_argument("--seeds", type=int, help="seeds per task (default: each task's train.seeds)")
-    report.add_argument("--every", type=int, metavar="TOKENS",
+    report.add_argument("--seeds", type=_at_least_one, help="seeds per task (default: each task's train.seeds)")
+    report.add_argument("--every", type=_at_least_one, metavar="TOKENS",
                         help="only the first checkpoint at or past each multiple of this many tokens")
     report.add_argument("--out", help="output folder (default: RUN/report, or runs/report/<name> for a run in "
                                       "an object store)")

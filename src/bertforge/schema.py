@@ -49,6 +49,9 @@ def load_mapping(path: str | Path, overrides: list[str] | None = None) -> Any:
         resolved = OmegaConf.to_container(conf, resolve=True)
     except OmegaConfBaseException as err:  # an interpolation naming a missing key, an override of a wrong shape
         raise ConfigError(f"{path}: {str(err).splitlines()[0]}; fix the file or the override") from None
+    except TypeError as err:  # OmegaConf: "Cannot merge incompatible container types", a list item set by index
+        raise ConfigError(f"{path}: an override does not fit the file ({err}): a list's items cannot be set one by "
+                          f"one (`sources.0.path=...`); give the whole list (`key=[...]`) or edit the file") from None
     except yaml.YAMLError as err:  # the file itself was read by load_yaml: this is an override
         raise ConfigError(f"{path}: an override is not valid YAML ({getattr(err, 'problem', err)}); fix the file or "
                           f"the override") from None
@@ -74,11 +77,14 @@ def _register_resolvers() -> None:
 def _load_with_includes(path: Path, seen: tuple[Path, ...] = ()) -> Any:
     """The file's mapping over its ``includes`` (``key: file`` puts a file's mapping under ``key``; ``.`` at the
     top), each found beside the file or under yamls/."""
-    from omegaconf import OmegaConf  # noqa: PLC0415 (the GPU machine runs the model without OmegaConf)
+    from omegaconf import DictConfig, OmegaConf  # noqa: PLC0415 (the GPU machine runs the model without OmegaConf)
 
     if path in seen:
         raise ConfigError(f"{path}: includes itself (via {' -> '.join(map(str, seen))})")
     conf = load_yaml(path)
+    if not isinstance(conf, DictConfig):
+        raise ConfigError(f"{path}: holds a YAML list, and a config file is a mapping of keys (`key: value` lines); "
+                          f"check that this is the file you meant")
     includes = conf.pop("includes", None) if "includes" in conf else None
     merged = OmegaConf.create()
     for key, target in (includes or {}).items():

@@ -301,7 +301,8 @@ def read_checkpoint_state(path: Path) -> dict:
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys  # noqa: PLC0415 (torch-free: plan, slurm and preflight import this)
 
     if not (path / ".metadata").is_file():
-        raise ValueError(f"{path}: a directory but not a sharded checkpoint (no .metadata)")
+        raise CheckpointError(f"{path}: a folder that is neither a HuggingFace model (no config.json) nor a sharded "
+                              f"checkpoint (no .metadata); give a model directory or a checkpoint")
     check_sharded_checkpoint(path)
     reader = FileSystemReader(str(path))
     keys = {key for key in reader.read_metadata().state_dict_metadata

@@ -451,6 +451,10 @@ def _finish(recipe: PrepRecipe, units_by_source: dict[str, list], out_dir: Path,
         source_dir = out_dir / src.name
         record = source_provenance(recipe, src.name, fingerprint, vocab_size)
         stats = _merge_stats([done[(src.name, k)][0] for k in keys], recipe.max_seq_len)
+        if not stats["documents"]:  # before its index: an empty dataset would only fail when a run reads it
+            skipped = ", ".join(f"{n} {why}" for why, n in stats["skipped"].items()) or "nothing skipped"
+            raise DataError(f"source '{src.name}': its inputs gave no document ({skipped}); every file it read "
+                            f"was empty or skipped: check its inputs' 'path', 'include' and 'text_field'")
         stats.update(name=src.name, kind=src.kind, max_seq_len=recipe.max_seq_len, provenance=record)
         _merge_index(source_dir, [k for k in keys if done[(src.name, k)][0]["samples"]])
         written = ["index.json", "stats.json"]

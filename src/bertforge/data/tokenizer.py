@@ -55,7 +55,11 @@ def load_tokenizer(name_or_path: str, **settings):
     try:
         return AutoTokenizer.from_pretrained(name_or_path, **settings)
     except OSError as err:
-        raise FileNotFoundError(f"cannot load tokenizer '{name_or_path}': {err}") from None
+        where = "" if Path(name_or_path).exists() else "no folder of that name here, and "
+        raise FileNotFoundError(f"cannot load tokenizer '{name_or_path}': {where}from transformers: \""
+                                f"{' '.join(str(err).split())}\" Give a folder that `bertforge tokenizer train` or "
+                                f"save_pretrained wrote, or a HuggingFace Hub name such as "
+                                f"answerdotai/ModernBERT-base") from None
 
 
 def save_model_tokenizer(name_or_path: str, out_dir: str | Path, *, vocab_size: int, specials: SpecialIds,

@@ -38,6 +38,7 @@ def preflight(config: TrainConfig, world_size: int, *, device: Literal["cpu", "g
         check_tokenizer_fits(config)
         check_eval_streams(config)
         check_probe_tasks(config)
+        check_init_from(config)
     check_schedule(config)
     if device is not None:
         check_device(config, device)
@@ -146,6 +147,14 @@ def check_device(config: TrainConfig, device: Literal["cpu", "gpu"]) -> None:
         raise ConfigError("optimizer 'stableadamw' under parallelism 'fsdp2' needs an AVG all-reduce of each sharded "
                           "parameter's update RMS, which the CPU (gloo) backend lacks; on CPU use "
                           "optimizer.name=adamw with fsdp2, or parallelism=ddp")
+
+
+def check_init_from(config: TrainConfig) -> None:
+    """The weights a run starts from are there (else the run would fail after building its data and model, on a
+    bare "No such file or directory")."""
+    if config.init_from and not is_remote(config.init_from) and not Path(config.init_from).exists():
+        raise ConfigError(f"init_from '{config.init_from}' does not exist; give a HuggingFace ModernBERT directory "
+                          f"or a research-repository checkpoint (.pt)")
 
 
 def check_probe_tasks(config: TrainConfig) -> None:
