@@ -237,7 +237,8 @@ def _add_eval(commands) -> None:
                      help="prepared datasets, comma-separated (e.g. mds/web/eval,mds/code/eval)")
     mlm.add_argument("--max-tokens", type=_at_least_one, default=1_000_000, help="real tokens per dataset (default 1M)")
     mlm.add_argument("--seq-len", type=int, help="row length (default: the model's max_position_embeddings)")
-    mlm.add_argument("--rows", type=_at_least_one, default=8, help="rows per micro-batch (the result does not depend on it)")
+    mlm.add_argument("--rows", type=_at_least_one, default=8,
+                     help="rows per micro-batch (the result does not depend on it)")
     mlm.add_argument("--mask-rate", type=float, default=0.15)
     mlm.add_argument("--seed", type=int, default=17)
     mlm.add_argument("--tokenizer", help="default: the one beside the model, else the one the data records")
@@ -341,8 +342,8 @@ def _add_average(commands) -> None:
     average.add_argument("paths", nargs="+", metavar="SOURCE... OUT", help="checkpoints (ours or the research "
                          "repository's) or HuggingFace directories of one architecture, then the output directory; "
                          "with --last, one run folder, then the output directory")
-    average.add_argument("--last", type=_at_least_one, metavar="K", help="the K newest checkpoints of the run folder that "
-                                                                "verify")
+    average.add_argument("--last", type=_at_least_one, metavar="K",
+                         help="the K newest checkpoints of the run folder that verify")
     average.add_argument("--tokenizer", help="tokenizer to save beside it (default: the one the first source records)")
     average.set_defaults(func=_average)
 
