@@ -29,6 +29,21 @@ def test_tokens_of_a_checkpoint_come_from_its_metrics_record_or_between_two():
     assert tokens_at(records, 9) is None and tokens_at([], 1) is None
 
 
+def test_every_picks_the_first_checkpoint_past_each_multiple_from_the_first_on(tmp_path):
+    from bertforge.checkpoint.run_folder import RunFolder
+    from bertforge.report.points import report_points
+
+    batches = [6, 367, 733, 1100, 1466, 1833]  # a stop at batch 6, then a checkpoint every 3M tokens
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"batch": b, "tokens": b * 8192}) + "\n"
+                                                    for b in batches))
+    for batch in batches:
+        (tmp_path / f"ep0-ba{batch}-rank0.pt").write_bytes(b"")
+    points = report_points(RunFolder(tmp_path), every=6_000_000)
+    # The fresh model is the point at 0; the stop at batch 6 and the 3M checkpoint are before the first multiple.
+    assert [p.tokens for p in points] == [0, 733 * 8192, 1466 * 8192]
+    assert len(report_points(RunFolder(tmp_path))) == len(batches) + 1
+
+
 def _report(run: Path, out: Path, source_task: Path, **kwargs):
     command = [BERTFORGE, "report", str(run), "--tasks", str(source_task), "--seeds", "2", "train.epochs=1",
                "data.max_train_examples=64", "wandb.enabled=false", "--out", str(out)]

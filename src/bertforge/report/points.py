@@ -1,6 +1,6 @@
 """The points of a report: a freshly initialised model of the run's config, then the run's checkpoints (all, or the
-first at or past each multiple of ``every`` tokens) with the tokens each had seen. A run folder in an object store
-is listed there and each checkpoint fetched (and verified) only when its point is scored."""
+first at or past each multiple of ``every`` tokens from ``every`` on) with the tokens each had seen. A run folder in
+an object store is listed there and each checkpoint fetched (and verified) only when its point is scored."""
 
 from __future__ import annotations
 
@@ -67,8 +67,11 @@ def checkpoint_names(folder: RunFolder) -> list[str]:
 
 
 def report_points(folder: RunFolder, every: int | None = None) -> list[Point]:
+    """The fresh model, then each checkpoint; with ``every``, the first checkpoint at or past each multiple of it
+    from the first on (the fresh model stands for 0: a checkpoint a few steps in, a stop and resume early in the
+    run, would cost as much to score and say nothing more)."""
     records = read_metric_records(folder.metrics) if folder.metrics.is_file() else []
-    points, last_multiple = [Point("fresh", 0)], -1
+    points, last_multiple = [Point("fresh", 0)], 0
     for name in checkpoint_names(folder):
         batch = checkpoint_batch(Path(name))
         tokens = tokens_at(records, batch)
