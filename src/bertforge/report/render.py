@@ -58,6 +58,7 @@ def draw_report(report: dict, path: Path) -> None:
             axis.axhline(mean, color="grey", linestyle="--", label="fresh model")
             if low or high:
                 axis.axhspan(mean - low, mean + high, color="grey", alpha=0.2)
+        axis.set_xlim(left=0)  # the fresh model's place: the dashed line is the point at 0 tokens
         axis.set_title(title, fontsize=10)
         axis.set_xlabel("pretraining tokens (millions)")
         axis.grid(alpha=0.3)
