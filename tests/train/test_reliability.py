@@ -315,3 +315,22 @@ def test_a_full_disk_during_a_checkpoint_save_names_the_folder(tmp_path, sample_
         assert "set aside when the run restarts" in line
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+def test_an_average_into_a_full_disk_is_one_line_and_leaves_nothing(tmp_path):
+    """Fault case 19: safetensors' own error; the export path maps it to the disk-full line (export and average
+    write through the same function)."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI runs as root, which this test needs to mount a small tmpfs")
+        pytest.skip("mounting a small tmpfs (a disk that fills) needs root")
+    bertforge("model", "init", "tiny", str(tmp_path / "m"), "vocab_size=2048")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(small)], check=True)
+    try:
+        one_line_error(bertforge("average", str(tmp_path / "m"), str(tmp_path / "m"), str(small / "avg")),
+                       f"no space left on {small}")
+        assert list(small.iterdir()) == []  # the staging folder is removed, no half export left
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
