@@ -17,11 +17,12 @@ from bertforge.errors import CheckpointError, ConfigError, DataError
 
 def disk_full(err: BaseException) -> bool:
     """A write that failed for want of space: the OSError, torch's zip writer's words for it, or safetensors' (its
-    SafetensorError carries the OS's message: "I/O error: No space left on device (os error 28)")."""
+    SafetensorError carries the OS's message, "I/O error: No space left on device (os error 28)", or in some of its
+    releases "StorageFull")."""
     text = str(err)
     return (isinstance(err, OSError) and err.errno == errno.ENOSPC) or (
         isinstance(err, RuntimeError) and ("unexpected pos" in text or "PytorchStreamWriter failed" in text)) or (
-        type(err).__name__ == "SafetensorError" and "os error 28" in text)
+        type(err).__name__ == "SafetensorError" and ("os error 28" in text or "StorageFull" in text))
 
 
 def explain(err: BaseException) -> str | None:

@@ -52,7 +52,7 @@ def export_model(model, out_dir: str | Path, tokenizer: str | None = None, max_l
         (staging / EXPORT_MARKER).write_text(json.dumps({"bertforge": __version__}) + "\n")
         _replace_folder(staging, out_dir)
     except Exception as err:
-        if disk_full(err) or "StorageFull" in str(err):  # safetensors' words for it differ between its releases
+        if disk_full(err):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out_dir.parent)) from err
         raise
     finally:

@@ -128,12 +128,9 @@ def probe_score(model, probe: ProbeTask, device, autocast) -> float:
         documents /= np.maximum(np.linalg.norm(documents, axis=1, keepdims=True), 1e-12)
         return float(ndcg_score(probe.relevance, queries @ documents.T, k=10))
     fitted = embed(model, probe.train, device, autocast)
-    if probe.kind == "regression":
-        model = make_pipeline(StandardScaler(), Ridge(alpha=1.0))
-    else:
-        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-    model.fit(fitted, np.asarray(probe.train.labels))
-    return score(probe.metric, model.predict(scored), np.asarray(probe.scored.labels))
+    linear = Ridge(alpha=1.0) if probe.kind == "regression" else LogisticRegression(max_iter=1000)
+    head = make_pipeline(StandardScaler(), linear).fit(fitted, np.asarray(probe.train.labels))
+    return score(probe.metric, head.predict(scored), np.asarray(probe.scored.labels))
 
 
 def run_probes(model, probes: list[ProbeTask], device, autocast) -> dict[str, dict]:
